@@ -1,0 +1,3 @@
+async def solve(problem):
+    """Ask once, answer directly."""
+    return await generate(problem)

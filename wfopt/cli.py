@@ -1,0 +1,95 @@
+"""`wfopt` command line: a Typer router whose subcommands are genuine Hydra applications.
+
+Typer only picks the subcommand; everything after it (overrides, `-m`, `--cfg job`, `--help`,
+`hydra/launcher=joblib`) goes untouched to `hydra.main`, so sweeps, launchers, output
+directories and Hydra's help all behave exactly as in any Hydra app.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import hydra
+import typer
+from omegaconf import DictConfig
+
+from wfopt.config import register_configs
+
+app = typer.Typer(
+    help="Teach a language model to write agentic workflows (MCTS search + GRPO).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+# subcommand -> (module, function taking the composed DictConfig), imported lazily so that
+# `wfopt --help` does not pay for torch/transformers imports.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "evaluate": ("wfopt.evaluate", "run", "Run a workflow over a dataset split and score it."),
+    "search": ("wfopt.search", "run", "MCTS workflow search; writes GRPO trajectories."),
+    "train": ("wfopt.grpo", "run", "GRPO on search trajectories."),
+    "loop": ("wfopt.loop", "run", "search -> train -> held-out evaluation, repeated."),
+}
+
+
+def config_dir() -> Path:
+    """`conf/` in a source checkout, or `wfopt/conf/` inside an installed wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "evaluate.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"wfopt config directory not found next to {here}")
+
+
+def _resolve(command: str) -> Callable[[DictConfig], object]:
+    module_name, attr, _ = COMMANDS[command]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name:
+            raise
+        typer.echo(f"wfopt {command}: not implemented yet.", err=True)
+        raise typer.Exit(2) from None
+    return getattr(module, attr)
+
+
+def run_hydra_command(command: str, args: list[str]) -> None:
+    """Run `command` as a Hydra app over `args` (what followed the subcommand name)."""
+    register_configs()
+    target = _resolve(command)
+
+    @hydra.main(config_path=str(config_dir()), config_name=command, version_base="1.3")
+    def _main(cfg: DictConfig) -> object:
+        return target(cfg)
+
+    saved = sys.argv
+    sys.argv = [f"wfopt {command}", *args]
+    try:
+        _main()
+    finally:
+        sys.argv = saved
+
+
+def _add_command(name: str, help_text: str) -> None:
+    @app.command(
+        name,
+        help=f"{help_text} Hydra overrides follow, e.g. `dataset.limit=20`; `--help` lists groups.",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        add_help_option=False,
+    )
+    def _command(ctx: typer.Context) -> None:
+        run_hydra_command(name, list(ctx.args))
+
+
+for _name, (_, _, _help) in COMMANDS.items():
+    _add_command(_name, _help)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

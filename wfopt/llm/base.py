@@ -1,0 +1,55 @@
+"""The one async interface every executor/policy LLM backend implements."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Protocol, runtime_checkable
+
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample one completion. `seed` + the request's `sample_index` fix the randomness."""
+
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Completion:
+    """One generated answer plus what it cost."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None = None  # None = price unknown (never silently $0)
+    latency_s: float = 0.0
+    cached: bool = False
+
+
+class LLMError(RuntimeError):
+    """A backend failed after its retries (server down, bad response, ...)."""
+
+
+@runtime_checkable
+class LLM(Protocol):
+    """An async chat-completion backend.
+
+    `complete` may be called concurrently from many coroutines; backends batch or bound
+    concurrency internally. `sample_index` distinguishes repeated samples of the same prompt
+    (self-consistency) so that caches and seeded sampling treat them as different requests.
+    """
+
+    name: str  # model identity used in cache keys and ledgers
+
+    async def complete(
+        self, messages: list[Message], params: SamplingParams, sample_index: int = 0
+    ) -> Completion: ...
+
+    async def aclose(self) -> None: ...
