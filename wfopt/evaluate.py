@@ -248,8 +248,8 @@ def run(cfg: DictConfig) -> float:
         raise SystemExit(f"workflow {label} is invalid: {err}") from None
     dataset = load_dataset(cfg.dataset)
     problems = dataset.problems(cfg.dataset.split)
-    log.info("evaluating workflow %s on %d %s/%s problems", label, len(problems),
-             cfg.dataset.name, cfg.dataset.split)  # fmt: skip
+    where = f"{cfg.dataset.name}/{cfg.dataset.split}"
+    log.info("evaluating workflow %s on %d %s problems", label, len(problems), where)
 
     tracker = Tracker(
         run_dir, cfg.tracking, OmegaConf.to_container(cfg, resolve=True), job_type="evaluate"
@@ -277,8 +277,12 @@ def run(cfg: DictConfig) -> float:
     start = time.perf_counter()
     records = asyncio.run(main())
     summary = summarize(records, time.perf_counter() - start)
-    summary.update(workflow=label, workflow_hash=workflow.hash, dataset=cfg.dataset.name,
-                   split=cfg.dataset.split)  # fmt: skip
+    summary.update(
+        workflow=label,
+        workflow_hash=workflow.hash,
+        dataset=cfg.dataset.name,
+        split=cfg.dataset.split,
+    )
 
     with (run_dir / "results.jsonl").open("w", encoding="utf-8") as f:
         for record in records:

@@ -1,0 +1,195 @@
+"""The workflow language: validation, canonical identity, and the run-time guards.
+
+These tests run real (hostile) workflow code in-process through `build_solve`; workflows
+that need no LLM use no operators, so nothing here is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from wfopt.baselines import list_baselines, load_baseline
+from wfopt.workflow import (
+    MAX_STEPS,
+    InvalidWorkflow,
+    LimitExceeded,
+    WorkflowError,
+    WorkflowTimeout,
+    build_solve,
+    call_solve,
+    parse_workflow,
+)
+
+DESIGN_EXAMPLE = """
+async def solve(problem):
+    drafts = [await generate(problem, "Think step by step.") for _ in range(3)]
+    program = await programmer(problem)
+    return await ensemble(problem, drafts + [program])
+"""
+
+
+def run_pure(source: str, problem: str = "p", timeout_s: float = 5.0):
+    """Run a workflow that calls no operator."""
+    wf = parse_workflow(source)
+    solve = build_solve(wf, {}, time.monotonic() + timeout_s)
+    return asyncio.run(call_solve(solve, problem, timeout_s))
+
+
+def test_design_example_and_all_baselines_validate():
+    parse_workflow(DESIGN_EXAMPLE)
+    names = list_baselines()
+    assert {"io", "cot", "cot_sc", "programmer", "self_refine"} <= set(names)
+    for name in names:
+        parse_workflow(load_baseline(name))
+
+
+def test_unknown_baseline_lists_known_names():
+    with pytest.raises(KeyError, match="cot_sc"):
+        load_baseline("nope")
+
+
+def test_formatting_comments_docstrings_and_renaming_give_one_hash():
+    variant = '''
+async def solve(q):
+    """A docstring that does not change behaviour."""
+    ds = [await generate(q, 'Think step by step.')  for i in range(3)]   # comment
+    p = await programmer(q)
+    return await ensemble(q, ds + [p])
+'''
+    assert parse_workflow(variant).hash == parse_workflow(DESIGN_EXAMPLE).hash
+
+
+def test_behaviour_changes_change_the_hash():
+    base = parse_workflow(DESIGN_EXAMPLE).hash
+    for changed in (
+        DESIGN_EXAMPLE.replace("range(3)", "range(5)"),
+        DESIGN_EXAMPLE.replace("Think step by step.", "Be brief."),
+        DESIGN_EXAMPLE.replace("drafts + [program]", "[program] + drafts"),
+    ):
+        assert parse_workflow(changed).hash != base
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("import os", "exactly one"),
+        ("def solve(problem):\n    return 1", "exactly one"),
+        ("async def solve(a, b):\n    return a", "exactly one parameter"),
+        ("async def solve(p):\n    import os\n    return 1", "Import"),
+        ("async def solve(p):\n    return p.__class__", "attribute"),
+        ("async def solve(p):\n    return ().__class__.__bases__[0].__subclasses__()", "not allowed"),
+        ("async def solve(p):\n    return __import__('os')", "_"),
+        ("async def solve(p):\n    return open('/etc/passwd').read()", "open|read"),
+        ("async def solve(p):\n    return eval('1+1')", "eval"),
+        ("async def solve(p):\n    return getattr(p, 'x')", "getattr"),
+        ("async def solve(p):\n    while True:\n        pass", "While"),
+        ("async def solve(p):\n    f = lambda: 1\n    return f()", "Lambda"),
+        ("async def solve(p):\n    try:\n        return 1\n    except Exception:\n        return 2", "Try"),
+        ("async def solve(p):\n    global x\n    return 1", "Global"),
+        ("async def solve(p):\n    def g():\n        return 1\n    return g()", "FunctionDef"),
+        ("async def solve(p):\n    return p.format(1)", "format"),
+        ("async def solve(p):\n    x = generate(p)\n    return await x", "awaited"),
+        ("async def solve(p):\n    return await len(p)", "awaited"),
+        ("async def solve(p):\n    return 2 ** 100000000000000000000000", "too large"),
+        ("async def solve(p):\n    return f'{p:>1000000000}'", "format spec"),
+        ("async def solve(p):\n    return p.\n", "syntax"),
+        ("", "empty"),
+    ],
+)
+def test_validator_rejects_with_a_reason(source, reason):
+    with pytest.raises(InvalidWorkflow, match=reason):
+        parse_workflow(source)
+
+
+def test_pure_code_runs():
+    source = """
+async def solve(problem):
+    parts = problem.split(",")
+    total = sum([int(x) for x in parts])
+    return f"{total}"
+"""
+    assert run_pure(source, "1,2,3") == "6"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "return 'x' * 10 ** 9",
+        "return [0] * 10 ** 8",
+        "return 10 ** 10 ** 6",
+        "n = 99999\n    return n ** n",
+        "s = problem\n    for _ in range(60):\n        s = s + s\n    return s",
+        "s = problem\n    for _ in range(60):\n        s = f'{s}{s}'\n    return s",
+        "s = problem\n    for _ in range(60):\n        s += s\n    return s",
+        "return ''.join([problem * 1000 for _ in range(900)])",
+        "return problem.replace('', problem * 100)",
+        "x = []\n    for i in range(900):\n        for j in range(900):\n            x.append(i)\n    return 1",
+        "return list(range(10 ** 12))",
+    ],
+)
+def test_guards_stop_allocation_bombs(body):
+    source = f"async def solve(problem):\n    {body}\n"
+    with pytest.raises(LimitExceeded):
+        run_pure(source, "a" * 100)
+
+
+def test_cpu_loop_hits_step_limit_quickly():
+    source = """
+async def solve(problem):
+    n = 0
+    for i in range(1000):
+        for j in range(1000):
+            n = n + 1
+    return n
+"""
+    start = time.perf_counter()
+    with pytest.raises(LimitExceeded, match=str(MAX_STEPS)):
+        run_pure(source)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_deadline_applies_inside_cpu_bound_loops():
+    # Each step is cheap but the deadline is already past: the tick must notice.
+    source = """
+async def solve(problem):
+    n = 0
+    for i in range(500):
+        n = n + len(str(i))
+    return n
+"""
+    wf = parse_workflow(source)
+    solve = build_solve(wf, {}, deadline=time.monotonic() - 1)
+    with pytest.raises(WorkflowTimeout):
+        asyncio.run(call_solve(solve, "p", 5.0))
+
+
+def test_own_exceptions_become_workflow_errors():
+    with pytest.raises(WorkflowError, match="ZeroDivisionError"):
+        run_pure("async def solve(problem):\n    return 1 / 0\n")
+    with pytest.raises(WorkflowError, match="NameError"):
+        run_pure("async def solve(problem):\n    return undefined_name\n")
+
+
+def test_builtins_are_restricted_at_run_time():
+    # `type` is not a workflow builtin: even if validation were bypassed it is not reachable.
+    wf = parse_workflow("async def solve(problem):\n    return len(problem)\n")
+    solve = build_solve(wf, {}, time.monotonic() + 5)
+    assert "type" not in solve.__globals__["__builtins__"]
+    assert "open" not in solve.__globals__["__builtins__"]
+    assert asyncio.run(call_solve(solve, "abc", 5)) == 3
+
+
+def test_async_timeout_applies_to_awaiting_operators():
+    async def slow_operator(problem: str) -> str:
+        await asyncio.sleep(10)
+        return problem
+
+    wf = parse_workflow("async def solve(problem):\n    return await generate(problem)\n")
+    solve = build_solve(wf, {"generate": slow_operator}, time.monotonic() + 0.3)
+    start = time.perf_counter()
+    with pytest.raises(WorkflowTimeout):
+        asyncio.run(call_solve(solve, "p", 0.3))
+    assert time.perf_counter() - start < 2
