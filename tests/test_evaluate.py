@@ -1,0 +1,119 @@
+"""`wfopt evaluate`: summary math, and real end-to-end runs through the CLI on SmolLM2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from wfopt.evaluate import Record, summarize, wilson_interval
+
+# Small, fast settings for end-to-end runs on the embedded model.
+FAST = ("executor.sampling.max_new_tokens=48", "tracking.wandb=false", "show_progress=false")
+
+
+def record(score: float, error: str | None = None, cost: float | None = 0.0) -> Record:
+    ledger = {"prompt_tokens": 10, "completion_tokens": 5, "llm_calls": 1, "cost_usd": cost}
+    return Record("p", "x", "y", score, error, "", "h", 0.1, ledger)
+
+
+def test_wilson_interval_by_hand():
+    # n=10, k=5: center 0.5, half-width 1.96*sqrt(.025+.0096)/1.384 = 0.2634
+    low, high = wilson_interval(5, 10)
+    assert low == pytest.approx(0.2366, abs=1e-4) and high == pytest.approx(0.7634, abs=1e-4)
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 0.0)
+
+
+def test_summarize_counts_and_unknown_cost():
+    records = [record(1.0), record(0.0, "timeout"), record(0.0, "invalid"), record(1.0)]
+    summary = summarize(records, wall_time_s=2.0)
+    assert summary["n"] == 4 and summary["accuracy"] == 0.5
+    assert summary["errors"] == {"timeout": 1, "invalid": 1}
+    assert summary["mean_tokens"] == 15 and summary["cost_usd"] == 0.0
+    assert summarize([*records, record(1.0, cost=None)], 1.0)["cost_usd"] is None
+
+
+def read_run(run_dir: Path) -> tuple[list[dict], dict, list[dict]]:
+    results = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return results, summary, metrics
+
+
+def check_consistent(results: list[dict], summary: dict, metrics: list[dict], n: int) -> None:
+    assert len(results) == n == summary["n"]
+    assert summary["accuracy"] == pytest.approx(sum(r["score"] for r in results) / n)
+    logged = next(m for m in metrics if "eval/accuracy" in m)
+    assert logged["eval/accuracy"] == pytest.approx(summary["accuracy"])
+    for r in results:
+        assert r["score"] in (0.0, 1.0)
+        if r["score"] == 1.0:
+            assert r["error"] is None and r["prediction"]
+        assert r["ledger"]["llm_calls"] >= 1
+
+
+def test_evaluate_arithmetic_end_to_end_and_cached_rerun(cli, tmp_path):
+    cache = tmp_path / "cache.sqlite"
+    args = ("evaluate", "workflow=cot", "dataset.limit=4", f"executor.cache_path={cache}", *FAST)
+    cli(*args, "hydra.run.dir=run1")
+    results, summary, metrics = read_run(tmp_path / "run1")
+    check_consistent(results, summary, metrics, 4)
+    assert (tmp_path / "run1" / ".hydra" / "config.yaml").is_file()
+    assert summary["cached_calls"] == 0
+
+    # The same evaluation again: every generation comes from the response cache.
+    cli(*args, "hydra.run.dir=run2")
+    results2, summary2, _ = read_run(tmp_path / "run2")
+    total_calls = sum(r["ledger"]["llm_calls"] for r in results2)
+    assert summary2["cached_calls"] == total_calls > 0
+    assert [r["prediction"] for r in results2] == [r["prediction"] for r in results]
+
+
+def test_evaluate_gsm8k_end_to_end(cli, tmp_path, gsm8k_test_file):
+    cli(
+        "evaluate",
+        "dataset=gsm8k",
+        f"dataset.path={gsm8k_test_file}",
+        "dataset.limit=3",
+        "workflow=io",
+        f"executor.cache_path={tmp_path / 'c.sqlite'}",
+        "hydra.run.dir=run",
+        *FAST,
+    )
+    results, summary, metrics = read_run(tmp_path / "run")
+    check_consistent(results, summary, metrics, 3)
+    golds = []
+    with gsm8k_test_file.open() as f:
+        for line in f:
+            golds.append(json.loads(line)["answer"].split("####")[-1].strip().replace(",", ""))
+    # limit takes the first problems of the split: their golds come from the file itself
+    assert all(r["gold"] in golds for r in results)
+
+
+def test_invalid_user_workflow_file_fails_clearly(cli, tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\nasync def solve(problem):\n    return os.getcwd()\n")
+    result = cli("evaluate", f"workflow.path={bad}", "dataset.limit=1", *FAST, expect_ok=False)
+    assert result.returncode != 0
+    assert "invalid" in result.stderr and "exactly one" in result.stderr
+
+
+def test_multirun_with_joblib_launcher(cli, tmp_path):
+    cli(
+        "evaluate",
+        "-m",
+        "dataset.limit=1,2",
+        "workflow=io",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=1",
+        "hydra.sweep.dir=sweep",
+        f"executor.cache_path={tmp_path / 'c.sqlite'}",
+        *FAST,
+    )
+    sizes = sorted(
+        json.loads(p.read_text())["n"] for p in (tmp_path / "sweep").glob("*/summary.json")
+    )
+    assert sizes == [1, 2]
