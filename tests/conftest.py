@@ -53,3 +53,17 @@ def gsm8k_test_file() -> Path:
     if not path.is_file():
         pytest.skip(f"shared GSM8K data not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def embedded_llm():
+    """The real embedded SmolLM2 behind the local batched backend (loaded once per session)."""
+    from omegaconf import OmegaConf
+
+    from wfopt.config import HardwareConfig, ModelConfig
+    from wfopt.llm.local import LocalLLM
+
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(ModelConfig), OmegaConf.load(REPO / "conf/model/smollm2_135m.yaml")
+    )
+    return LocalLLM.from_config(cfg, HardwareConfig())

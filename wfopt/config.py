@@ -78,6 +78,7 @@ class DatasetConfig:
     limit: int | None = None  # first N problems of the split
     seed: int = 0  # fixes the splits (and arithmetic generation)
     val_fraction: float = 0.1  # validation carved from train by seed
+    test_fraction: float = 0.2  # single-source datasets (arithmetic, one file): held-out share
     # arithmetic generator knobs
     num_problems: int = 600
     min_operands: int = 2
@@ -118,22 +119,44 @@ class MCTSConfig:
 
 @dataclass
 class GRPOConfig:
-    lr: float = 1e-5
-    warmup_steps: int = 0
-    schedule: str = "constant"  # constant | linear | cosine
-    epochs: int = 1
-    num_iterations: int = 1  # updates per batch with cached old log-probs
-    micro_batch_size: int = 4
+    """GRPO on search trajectories (`wfopt train`); formulas in wfopt/grpo/losses.py."""
+
+    # optimization
+    lr: float = 1e-5  # AdamW learning rate (peak, after warmup)
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    warmup_steps: int = 0  # linear warmup from 0 over this many optimizer steps
+    schedule: str = "constant"  # after warmup: constant | linear (to 0) | cosine (to 0)
+    epochs: int = 1  # passes over all samples of the trajectories file
+    max_steps: int | None = None  # stop after this many optimizer steps (null = all epochs)
+    # optimizer steps per batch, reusing the batch with cached old log-probs (PPO-style
+    # inner epochs; 1 = on-policy w.r.t. the batch, rho = 1, clipping never active)
+    num_iterations: int = 1
+    micro_batch_size: int = 4  # sequences per forward/backward
+    # micro-batches per optimizer step; batch = micro_batch_size * grad_accum_steps, and the
+    # gradient is the same as one big batch (global normalizers), whatever the split
     grad_accum_steps: int = 1
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # clip the global grad norm (<= 0: measure only)
+    # advantages (DeepSeekMath GRPO; Dr. GRPO, Liu et al. 2025, drops the std)
+    adv_estimator: str = "grpo"  # grpo | rloo (leave-one-out baseline)
     norm_by_std: bool = True  # False = Dr. GRPO (A = r - mean)
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.2
-    beta: float = 0.0  # k3 KL weight; 0 = no reference model
-    entropy_coef: float = 0.0
-    loss_agg: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum_norm
-    max_length: int = 1024
-    seed: int = 0
+    adv_eps: float = 1e-4  # A = (r - mean) / (std + adv_eps)
+    # loss
+    clip_eps_low: float = 0.2  # rho clipped below at 1 - clip_eps_low
+    clip_eps_high: float = 0.2  # rho clipped above at 1 + clip_eps_high (DAPO clip-higher: 0.28)
+    beta: float = 0.0  # k3 KL weight; 0 = no reference model (LoRA: adapters disabled)
+    entropy_coef: float = 0.0  # entropy bonus weight (loss -= entropy_coef * H)
+    # token_mean (DAPO) | seq_mean_token_mean (GRPO paper) | seq_mean_token_sum_norm (Dr. GRPO)
+    loss_agg: str = "token_mean"
+    # data
+    max_length: int = 1024  # prompt + workflow tokens per sample
+    # most workflow tokens (incl. EOS) per sample; also Dr. GRPO's constant normalizer
+    # (seq_mean_token_sum_norm divides by num_seqs * max_response_length)
+    max_response_length: int = 512
+    truncation: str = "drop"  # too long: drop (counted) | truncate (cut the code, keep its mask)
+    logprob_chunk_size: int = 512  # response rows per LM-head chunk (memory ~ 2 * chunk * vocab)
+    # checkpoints
+    save_every: int = 0  # optimizer steps between checkpoints (0 = only the final one)
+    seed: int = 0  # data order and torch RNG
 
 
 @dataclass
@@ -187,8 +210,9 @@ class SearchConfig(RunConfig):
 
 @dataclass
 class TrainConfig(RunConfig):
-    trajectories: str | None = None
-    resume: str | None = None
+    trajectories: str | None = None  # JSONL written by `wfopt search` (required)
+    resume: str | None = None  # a checkpoint dir (or a run/checkpoints dir: its latest)
+    show_progress: bool = True  # rich progress bar
 
 
 @dataclass
