@@ -1,9 +1,17 @@
-"""Built-in synthetic arithmetic word problems with exact answers, generated from a seed.
+"""Built-in arithmetic word problems with exact answers, generated deterministically from a seed.
 
-Each problem applies 1..(max_operands-1) operations in sequence to a starting quantity, as
-a short story ("Mia has 12 marbles. She gets 7 more. ...") or as a plain instruction
-("Start with 12, add 7, then multiply by 3."). Division is used only where it is exact and
-subtraction never goes below zero, so every answer is a non-negative integer.
+A problem is a start value and 1..(operands-1) steps (+ - * /) applied left to right, each
+operand in [1, max_value] (multipliers in [2, min(max_value, 9)] to keep numbers natural).
+It is told in one of three templates: a short story ("Mia has 12 marbles. She finds 7 more
+marbles. ..."), instructions ("Start with 12. Add 7, then multiply by 3. ..."), or a plain
+expression ("What is (12 + 7) * 3?").
+
+Answers are exact: division is used only where it divides evenly and subtraction never goes
+below zero, so answers are non-negative integers. Only when the configured operations leave no
+such choice (e.g. operations=["/"] on a prime) does a step go negative or rational; such a
+problem is told as instructions or an expression, and its answer is rendered canonically
+("7/3", "-2", "2.5"). Problems are distinct (no two share an expression), so no arithmetic
+question appears in two splits.
 """
 
 from __future__ import annotations
@@ -11,42 +19,85 @@ from __future__ import annotations
 import random
 from fractions import Fraction
 
-from wfopt.datasets.base import Problem
+from wfopt.datasets.base import DatasetError, Problem
+from wfopt.datasets.scoring import format_number
 
-NAMES = ["Mia", "Tom", "Ava", "Leo", "Zoe", "Sam", "Ivy", "Max", "Lily", "Ben"]
-OBJECTS = ["apples", "marbles", "stickers", "books", "coins", "pencils", "cards", "shells"]
-
+OPERATIONS = ("+", "-", "*", "/")
+NAMES = ["Mia", "Tom", "Ava", "Leo", "Zoe", "Sam", "Ivy", "Max", "Lily", "Ben", "Nora", "Omar"]
+ITEMS = [  # (singular, plural)
+    ("apple", "apples"),
+    ("marble", "marbles"),
+    ("sticker", "stickers"),
+    ("book", "books"),
+    ("coin", "coins"),
+    ("pencil", "pencils"),
+    ("card", "cards"),
+    ("shell", "shells"),
+]
 STORY = {
-    "+": "{name} gets {n} more {obj}.",
-    "-": "{name} gives away {n} {obj}.",
-    "*": "Then the number of {obj} {name} has becomes {n} times as large.",
-    "/": "{name} splits the {obj} into {n} equal piles and keeps one pile.",
+    "+": [
+        "{name} finds {n} more {x}.",
+        "{name} buys {n} more {x}.",
+        "A friend gives {name} {n} {x}.",
+    ],
+    "-": ["{name} gives away {n} {x}.", "{name} loses {n} {x}.", "{name} sells {n} {x}."],
+    "*": ["Then {name} ends up with {n} times as many {items} as before."],
+    "/": ["{name} splits the {items} into {n} equal piles and keeps one pile."],
 }
-PLAIN = {"+": "add {n}", "-": "subtract {n}", "*": "multiply by {n}", "/": "divide by {n}"}
+INSTRUCTION = {"+": "add {n}", "-": "subtract {n}", "*": "multiply by {n}", "/": "divide by {n}"}
+_APPLY = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "/": lambda a, b: a / b,
+}
 
 
-def _step(rng: random.Random, value: int, ops: list[str], max_value: int) -> tuple[str, int]:
-    """Pick an operation and operand that keep the running value a non-negative integer."""
+def _natural_step(
+    rng: random.Random, value: Fraction, ops: list[str], max_value: int
+) -> tuple[str, int] | None:
+    """An operation and operand that keep the running value a non-negative integer."""
     choices = list(ops)
     rng.shuffle(choices)
     for op in choices:
         if op == "+":
             return op, rng.randint(1, max_value)
         if op == "-" and value >= 1:
-            return op, rng.randint(1, min(value, max_value))
-        if op == "*":
-            return op, rng.randint(2, max(2, min(max_value, 9)))
-        if op == "/":
-            divisors = [d for d in range(2, min(value, max_value) + 1) if value % d == 0]
+            return op, rng.randint(1, min(int(value), max_value))
+        if op == "*" and max_value >= 2:
+            return op, rng.randint(2, min(max_value, 9))
+        if op == "/" and value >= 2:
+            divisors = [d for d in range(2, min(int(value), max_value) + 1) if value % d == 0]
             if divisors:
                 return op, rng.choice(divisors)
-    return "+", rng.randint(1, max_value)
+    return None
 
 
-def _apply(value: int, op: str, n: int) -> int:
-    result = {"+": value + n, "-": value - n, "*": value * n, "/": Fraction(value, n)}[op]
-    assert Fraction(result).denominator == 1
-    return int(result)
+def _expression(start: int, steps: list[tuple[str, int]]) -> str:
+    text = str(start)
+    for i, (op, n) in enumerate(steps):
+        text = f"({text}) {op} {n}" if i else f"{text} {op} {n}"
+    return text
+
+
+def _story(rng: random.Random, start: int, steps: list[tuple[str, int]]) -> str:
+    name = rng.choice(NAMES)
+    one, many = rng.choice(ITEMS)
+
+    def noun(n: int) -> str:
+        return one if n == 1 else many
+
+    sentences = [f"{name} has {start} {noun(start)}."]
+    for op, n in steps:
+        template = rng.choice(STORY[op])
+        sentences.append(template.format(name=name, n=n, x=noun(n), items=many))
+    sentences.append(f"How many {many} does {name} have now?")
+    return " ".join(sentences)
+
+
+def _instructions(start: int, steps: list[tuple[str, int]]) -> str:
+    actions = ", then ".join(INSTRUCTION[op].format(n=n) for op, n in steps)
+    return f"Start with {start}. {actions[0].upper()}{actions[1:]}. What number do you get?"
 
 
 def generate_problem(
@@ -57,28 +108,34 @@ def generate_problem(
     max_value: int,
     ops: list[str],
 ) -> Problem:
-    value = start = rng.randint(1, max_value)
+    """One problem; `rng` drives every choice, so the sequence is fixed by the seed."""
+    start = rng.randint(1, max_value)
+    value, natural = Fraction(start), True
     steps: list[tuple[str, int]] = []
     for _ in range(rng.randint(min_operands, max_operands) - 1):
-        op, n = _step(rng, value, ops, max_value)
-        steps.append((op, n))
-        value = _apply(value, op, n)
-    name, obj = rng.choice(NAMES), rng.choice(OBJECTS)
-    if rng.random() < 0.5:
-        text = " ".join(
-            [f"{name} has {start} {obj}."]
-            + [STORY[op].format(name=name, n=n, obj=obj) for op, n in steps]
-            + [f"How many {obj} does {name} have now?"]
-        )
+        step = _natural_step(rng, value, ops, max_value)
+        if step is None:  # the operations allow nothing natural: exact rationals / negatives
+            natural = False
+            op = rng.choice(ops)
+            step = (op, rng.randint(2 if op in "*/" and max_value >= 2 else 1, max_value))
+        steps.append(step)
+        value = _APPLY[step[0]](value, Fraction(step[1]))
+    expression = _expression(start, steps)
+    template = rng.choice(
+        ["story", "instructions", "expression"] if natural else ["instructions", "expression"]
+    )
+    if template == "story":
+        question = _story(rng, start, steps)
+    elif template == "instructions":
+        question = _instructions(start, steps)
     else:
-        actions = ", then ".join(PLAIN[op].format(n=n) for op, n in steps)
-        text = f"Start with {start}, {actions}. What is the result?"
+        question = f"What is {expression}?"
     return Problem(
-        id=f"arith-{index}",
-        question=text,
-        answer=str(value),
+        id=f"arithmetic-{index}",
+        question=question,
+        answer=format_number(value),
         kind="math",
-        meta={"start": start, "steps": steps},
+        meta={"expression": expression, "template": template},
     )
 
 
@@ -90,14 +147,27 @@ def generate(
     max_value: int = 20,
     operations: list[str] | None = None,
 ) -> list[Problem]:
-    ops = list(operations or ["+", "-", "*", "/"])
-    unknown = set(ops) - set(PLAIN)
-    if unknown or not ops:
-        raise ValueError(f"dataset.operations must be a subset of + - * /, got {ops}")
+    """`num_problems` distinct problems (by expression), the same for the same arguments."""
+    ops = list(operations if operations is not None else OPERATIONS)
+    if not ops or set(ops) - set(OPERATIONS):
+        raise DatasetError(f"dataset.operations must be a non-empty subset of + - * /, got {ops}")
     if not 2 <= min_operands <= max_operands:
-        raise ValueError("need 2 <= dataset.min_operands <= dataset.max_operands")
-    rng = random.Random(seed)
-    return [
-        generate_problem(rng, i, min_operands, max_operands, max_value, ops)
-        for i in range(num_problems)
-    ]
+        raise DatasetError("dataset: need 2 <= min_operands <= max_operands")
+    if max_value < 1 or num_problems < 0:
+        raise DatasetError("dataset: need max_value >= 1 and num_problems >= 0")
+    rng = random.Random(f"wfopt-arithmetic-{seed}")
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    attempts = 0
+    while len(problems) < num_problems:
+        attempts += 1
+        if attempts > 100 * num_problems + 1000:
+            raise DatasetError(
+                f"dataset: only {len(problems)} distinct arithmetic problems found for "
+                f"num_problems={num_problems}; raise max_value or max_operands"
+            )
+        problem = generate_problem(rng, len(problems), min_operands, max_operands, max_value, ops)
+        if problem.meta["expression"] not in seen:
+            seen.add(problem.meta["expression"])
+            problems.append(problem)
+    return problems

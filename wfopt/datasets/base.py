@@ -1,65 +1,60 @@
-"""What every dataset provides: problems in fixed splits, and an async scorer."""
+"""The types every dataset shares: problems, scores, the dataset protocol and its error."""
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 SPLITS = ("train", "validation", "test")
 
+# Score.error values. None means "scored normally" (a wrong math answer is simply 0.0).
+ERROR_CATEGORIES = {
+    "no_answer": "nothing to score: empty prediction, or no number/answer could be extracted",
+    "wrong": "code that ran to completion but failed the hidden tests",
+    "syntax_error": "code that does not compile",
+    "runtime_error": "code that raised (or exited early) outside a failed test assertion",
+    "timeout": "code or math-verify over its time limit (dataset.score_timeout_s)",
+    "memory": "code over the sandbox memory limit",
+    "output_limit": "code that wrote more than the sandbox keeps",
+    "sandbox_error": "the sandbox itself failed: an infrastructure fault, not the prediction's",
+    "scorer_error": "a bug in the scorer (logged with its traceback); never the prediction's",
+}
+
 
 class DatasetError(ValueError):
-    """A dataset could not be loaded: the message names the file, line and field."""
+    """A dataset could not be loaded; the message names the file, the 1-based line and the field."""
 
 
 @dataclass
 class Problem:
     id: str
     question: str  # what a workflow sees (code tasks: the prompt with signature and docstring)
-    answer: str  # gold: a canonical number string, a boxed expression, or reference code
+    answer: str  # gold: a canonical number string, a LaTeX answer, or reference code ("" if none)
     kind: str  # "math" | "code"
     entry_point: str | None = None  # code tasks: the function to write
     tests: str | None = None  # hidden scoring tests: never shown to workflows
-    public_tests: str | None = None  # examples the `test` operator may run (asserts)
+    public_tests: str | None = None  # runnable asserts the `test` operator may use
     meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class Score:
-    """0..1, and why it is not 1 when something other than a wrong answer happened.
-
-    Error categories: None (scored normally; a wrong answer is simply 0), "no_answer" (no
-    answer could be extracted), "wrong" (code ran but failed its tests), "syntax_error",
-    "runtime_error", "timeout", "memory", "output_limit", "sandbox_error".
-    """
+    """A 0..1 score; `error` is one of ERROR_CATEGORIES when something other than plain
+    right-or-wrong happened, so evaluations can count failure modes."""
 
     value: float
     error: str | None = None
-    detail: str = ""
-    normalized: str | None = None
+    detail: str = ""  # short human-readable detail (truncated)
+    normalized: str | None = None  # the normalized prediction that was compared
 
 
-def seeded_split(
-    items: list[Any], seed: int, val_fraction: float, test_fraction: float
-) -> dict[str, list[Any]]:
-    """Shuffle once by `seed` and cut into train / validation / test (disjoint, stable)."""
-    order = list(items)
-    random.Random(seed).shuffle(order)
-    n_test = round(len(order) * test_fraction)
-    n_val = round(len(order) * val_fraction)
-    return {
-        "test": order[:n_test],
-        "validation": order[n_test : n_test + n_val],
-        "train": order[n_test + n_val :],
-    }
+@runtime_checkable
+class Dataset(Protocol):
+    """What `evaluate`, search and training need from a dataset."""
 
+    name: str
+    kind: str
 
-def carve_validation(
-    train: list[Any], test: list[Any], seed: int, val_fraction: float
-) -> dict[str, list[Any]]:
-    """Sources with their own train/test files: validation comes out of train by `seed`."""
-    order = list(train)
-    random.Random(seed).shuffle(order)
-    n_val = round(len(order) * val_fraction)
-    return {"train": order[n_val:], "validation": order[:n_val], "test": list(test)}
+    def problems(self, split: str) -> list[Problem]: ...
+
+    async def score(self, problem: Problem, prediction: str) -> Score: ...
