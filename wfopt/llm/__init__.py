@@ -1,11 +1,18 @@
-"""Executor and policy LLM backends behind one async interface (`wfopt.llm.base.LLM`)."""
+"""Executor and policy LLM backends behind one async interface (`wfopt.llm.base.LLM`).
+
+Backends load lazily (`build_executor` imports transformers or openai only when needed).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from wfopt.llm.base import LLM, Completion, LLMError, Message, SamplingParams
 from wfopt.llm.cache import CachedLLM
+
+if TYPE_CHECKING:
+    from wfopt.config import ExecutorConfig, HardwareConfig, ModelConfig, SamplingConfig
+    from wfopt.llm.local import LocalLLM
 
 __all__ = [
     "LLM",
@@ -18,8 +25,11 @@ __all__ = [
     "sampling_params",
 ]
 
+BACKENDS = ("same_as_policy", "local", "openai")
 
-def sampling_params(cfg: Any) -> SamplingParams:
+
+def sampling_params(cfg: SamplingConfig) -> SamplingParams:
+    """`executor.sampling` (a config group) -> the frozen `SamplingParams` requests carry."""
     return SamplingParams(
         temperature=float(cfg.temperature),
         top_p=float(cfg.top_p),
@@ -29,35 +39,43 @@ def sampling_params(cfg: Any) -> SamplingParams:
 
 
 def build_executor(
-    model_cfg: Any, executor_cfg: Any, hardware_cfg: Any, shared_local: Any = None
+    model_cfg: ModelConfig,
+    executor_cfg: ExecutorConfig,
+    hardware_cfg: HardwareConfig,
+    *,
+    shared_local: LocalLLM | None = None,
 ) -> LLM:
     """The executor LLM named by `executor.backend`, behind the response cache if enabled.
 
-    `same_as_policy`: the policy model itself (`shared_local` reuses an already loaded one);
-    `local`: another transformers model (`executor.model` as its path); `openai`: a server.
+    `same_as_policy`: the policy model itself (`shared_local` reuses an already loaded one, so
+    the weights exist once); `local`: a transformers model, `executor.model` as its path (HF
+    id or directory), else the policy's model (again `shared_local` if given); `openai`: an
+    OpenAI-compatible server.
     """
     backend = executor_cfg.backend
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown executor.backend {backend!r}; use {', '.join(BACKENDS)}")
+    llm: LLM
     if backend == "openai":
         from wfopt.llm.openai_backend import OpenAILLM
 
-        llm: LLM = OpenAILLM.from_config(executor_cfg)
-    elif backend in ("same_as_policy", "local"):
+        llm = OpenAILLM.from_config(executor_cfg)
+    elif backend == "local" and executor_cfg.model:
+        from omegaconf import OmegaConf
+
         from wfopt.llm.local import LocalLLM
 
-        if backend == "same_as_policy" and shared_local is not None:
-            llm = shared_local
-        else:
-            cfg = model_cfg
-            if backend == "local" and executor_cfg.model:
-                from omegaconf import OmegaConf
-
-                cfg = OmegaConf.merge(
-                    model_cfg,
-                    {"name": executor_cfg.model, "path": executor_cfg.model, "gguf_file": None},
-                )
-            llm = LocalLLM.from_config(cfg, hardware_cfg)
-    else:
-        raise ValueError(
-            f"unknown executor.backend {backend!r}; use same_as_policy, local or openai"
+        cfg = OmegaConf.merge(
+            OmegaConf.structured(model_cfg) if not OmegaConf.is_config(model_cfg) else model_cfg,
+            {"name": executor_cfg.model, "path": executor_cfg.model, "gguf_file": None},
         )
-    return CachedLLM(llm, executor_cfg.cache_path) if executor_cfg.cache else llm
+        llm = LocalLLM.from_config(cfg, hardware_cfg)  # type: ignore[arg-type]
+    elif shared_local is not None:
+        llm = shared_local
+    else:
+        from wfopt.llm.local import LocalLLM
+
+        llm = LocalLLM.from_config(model_cfg, hardware_cfg)
+    if executor_cfg.cache:
+        return CachedLLM(llm, executor_cfg.cache_path)  # creates the parent directories
+    return llm

@@ -1,29 +1,34 @@
 """A sqlite response cache in front of any backend: reruns are free and deterministic.
 
-Key: sha256 of the canonical JSON of (model name, messages, sampling params, sample index).
-Identical requests in flight at the same time are generated once and shared.
+Key: sha256 of the canonical JSON of (model name, messages, sampling params, sample index),
+so repeated samples of one prompt (different `sample_index`) stay distinct. Identical
+requests in flight at the same time are generated once and shared. One connection in WAL
+mode serves all coroutines of the process (sqlite calls are sub-millisecond, so they run on
+the event loop); other processes may read and write the same file concurrently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import sqlite3
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from wfopt.llm.base import LLM, Completion, Message, SamplingParams
 
 
 def cache_key(model: str, messages: list[Message], params: SamplingParams, index: int) -> str:
+    """sha256 of the canonical JSON of one request."""
     payload = {"model": model, "messages": messages, "params": params.as_dict(), "index": index}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class CachedLLM:
-    """Wraps `inner`; serves repeats of a request from `path` (created if missing)."""
+    """Wraps `inner`; serves repeats of a request from the sqlite file `path` (created)."""
 
     def __init__(self, inner: LLM, path: str | Path) -> None:
         self.inner = inner
@@ -32,13 +37,19 @@ class CachedLLM:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+        )
         self._db.commit()
-        self._in_flight: dict[str, asyncio.Future] = {}
+        # key -> future of the one generation in flight (None result: it failed, retry)
+        self._in_flight: dict[str, asyncio.Future[Completion | None]] = {}
         self.hits = 0
         self.misses = 0
 
-    def __getattr__(self, name: str):  # expose the inner backend's extras (e.g. complete_text)
+    def __getattr__(self, name: str):
+        """Expose the inner backend's extras (e.g. `LocalLLM.tokenizer`)."""
+        if name == "inner":  # not set yet (unpickling, failed __init__): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def _get(self, key: str) -> Completion | None:
@@ -46,7 +57,7 @@ class CachedLLM:
         return Completion(**json.loads(row[0])) if row else None
 
     def _put(self, key: str, completion: Completion) -> None:
-        value = json.dumps({**asdict(completion), "cached": False})
+        value = json.dumps(dataclasses.asdict(dataclasses.replace(completion, cached=False)))
         self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?)", (key, value))
         self._db.commit()
 
@@ -55,27 +66,30 @@ class CachedLLM:
     ) -> Completion:
         start = time.perf_counter()
         key = cache_key(self.name, messages, params, sample_index)
-        stored = self._get(key)
-        if stored is None and key in self._in_flight:
-            stored = await asyncio.shield(self._in_flight[key])
-        if stored is not None:
-            self.hits += 1
-            stored.cached, stored.latency_s = True, time.perf_counter() - start
-            return stored
+        while True:
+            stored = self._get(key)
+            if stored is None and key in self._in_flight:
+                # the same request is being generated: share its answer
+                stored = await asyncio.shield(self._in_flight[key])
+                if stored is None:  # that generation failed or was cancelled: try ourselves
+                    continue
+            if stored is not None:
+                self.hits += 1
+                return dataclasses.replace(
+                    stored, cached=True, latency_s=time.perf_counter() - start
+                )
+            break
         self.misses += 1
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Completion | None] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = future
+        completion = None
         try:
             completion = await self.inner.complete(messages, params, sample_index)
             self._put(key, completion)
-            future.set_result(Completion(**asdict(completion)))
             return completion
-        except BaseException as err:
-            future.set_exception(err)
-            future.exception()  # mark retrieved: waiters re-raise it, nobody else must
-            raise
         finally:
             del self._in_flight[key]
+            future.set_result(completion)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

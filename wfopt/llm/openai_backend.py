@@ -1,21 +1,46 @@
 """Any OpenAI-compatible server (vLLM, SGLang, llama.cpp server, OpenAI) as an executor.
 
-Uses the official `openai` async client. Its built-in retry does what we need: exponential
-backoff with jitter on connection errors, timeouts, 408/409/429 and 5xx, honouring
-`retry-after` headers; `max_retries` bounds it. Concurrency is bounded by a semaphore.
+Uses the official `openai` async client with its own retries switched off: we retry here,
+with exponential backoff and jitter, on exactly the transient failures (connection errors,
+timeouts, 408/409/429 and 5xx; a server's `Retry-After` wins when it is sane), so the policy
+is visible, configurable (tests use millisecond backoff) and reports the attempts made.
+Concurrency is bounded by a semaphore; token usage comes from the response.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wfopt.llm.base import Completion, LLMError, Message, SamplingParams
 
+if TYPE_CHECKING:
+    from wfopt.config import ExecutorConfig
+
+RETRY_STATUS = frozenset({408, 409, 429})  # plus every 5xx
+MAX_RETRY_AFTER_S = 60.0  # a longer Retry-After is ignored in favour of our own backoff
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds the server asked us to wait (`retry-after-ms` or `retry-after`), if any."""
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        try:
+            value = float(headers.get(name)) * scale
+        except (TypeError, ValueError):
+            continue
+        if 0 <= value <= MAX_RETRY_AFTER_S:
+            return value
+    return None
+
 
 class OpenAILLM:
+    """Chat completions from an OpenAI-compatible endpoint behind the async `LLM` interface."""
+
     def __init__(
         self,
         model: str,
@@ -25,24 +50,27 @@ class OpenAILLM:
         max_concurrency: int = 32,
         max_retries: int = 4,
         timeout_s: float = 120.0,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 8.0,
         price_prompt_per_m: float | None = None,
         price_completion_per_m: float | None = None,
     ) -> None:
-        from openai import AsyncOpenAI
-
         self.name = model
         self.base_url = base_url
-        self._client = AsyncOpenAI(
-            base_url=base_url,
-            api_key=api_key or "EMPTY",
-            max_retries=max_retries,
-            timeout=timeout_s,
-        )
-        self._semaphore = asyncio.Semaphore(max(1, max_concurrency))
+        self.api_key = api_key or "EMPTY"  # local servers accept any key
+        self.max_concurrency = max(1, int(max_concurrency))
+        self.max_retries = max(0, int(max_retries))
+        self.timeout_s = float(timeout_s)
+        self.backoff_s = float(backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
         self.prices = (price_prompt_per_m, price_completion_per_m)
+        self.attempts = 0  # HTTP requests sent, retries included
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: Any = None
+        self._semaphore: asyncio.Semaphore | None = None
 
     @classmethod
-    def from_config(cls, cfg: Any) -> OpenAILLM:
+    def from_config(cls, cfg: ExecutorConfig) -> OpenAILLM:
         if not cfg.model:
             raise ValueError("executor=openai needs executor.model (the served model name)")
         return cls(
@@ -63,41 +91,94 @@ class OpenAILLM:
             return None
         return (prompt_tokens * prompt_price + completion_tokens * completion_price) / 1e6
 
-    async def complete(
-        self, messages: list[Message], params: SamplingParams, sample_index: int = 0
-    ) -> Completion:
+    def _session(self) -> tuple[Any, asyncio.Semaphore]:
+        """Client and semaphore of the running event loop (both are bound to one loop)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._client is None or self._semaphore is None:
+            from openai import AsyncOpenAI
+
+            self._loop = loop
+            self._client = AsyncOpenAI(
+                base_url=self.base_url,
+                api_key=self.api_key,
+                max_retries=0,  # retries are ours (see module docstring)
+                timeout=self.timeout_s,
+            )
+            self._semaphore = asyncio.Semaphore(self.max_concurrency)
+        return self._client, self._semaphore
+
+    def _backoff(self, attempt: int, headers: Any = None) -> float:
+        server = _retry_after(headers)
+        if server is not None:
+            return server
+        delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
+        return delay * random.uniform(0.75, 1.25)
+
+    async def _create(
+        self, client: Any, messages: list[Message], params: SamplingParams, sample_index: int
+    ) -> Any:
+        """One chat completion, retried on transient failures; LLMError after the last."""
         import openai
 
-        start = time.perf_counter()
-        async with self._semaphore:
+        where = f"{self.name} at {self.base_url or 'api.openai.com'}"
+        for attempt in range(self.max_retries + 1):
+            last = attempt == self.max_retries
+            self.attempts += 1
             try:
-                response = await self._client.chat.completions.create(
+                return await client.chat.completions.create(
                     model=self.name,
-                    messages=messages,  # type: ignore[arg-type]
+                    messages=messages,
                     temperature=params.temperature,
                     top_p=params.top_p,
                     max_tokens=params.max_new_tokens,
-                    seed=params.seed + sample_index,
+                    seed=params.seed + sample_index,  # distinct, reproducible samples (vLLM)
                 )
             except openai.APIStatusError as err:
-                raise LLMError(
-                    f"{self.base_url}: HTTP {err.status_code} after retries: {err.message}"
-                ) from err
-            except openai.APIError as err:
-                raise LLMError(
-                    f"{self.base_url}: {type(err).__name__} after retries: {err}"
-                ) from err
-        text = response.choices[0].message.content or "" if response.choices else ""
+                status = err.status_code
+                if last or not (status in RETRY_STATUS or status >= 500):
+                    raise LLMError(
+                        f"{where}: HTTP {status} after {attempt + 1} attempt(s): {err.message}"
+                    ) from err
+                await asyncio.sleep(self._backoff(attempt, err.response.headers))
+            except openai.APIConnectionError as err:  # refused, reset, DNS, timeout
+                if last:
+                    kind = "timeout" if isinstance(err, openai.APITimeoutError) else "connection"
+                    raise LLMError(
+                        f"{where}: {kind} error after {attempt + 1} attempt(s): "
+                        f"{err.__cause__ or err}"
+                    ) from err
+                await asyncio.sleep(self._backoff(attempt))
+        raise AssertionError("unreachable")
+
+    async def complete(
+        self, messages: list[Message], params: SamplingParams, sample_index: int = 0
+    ) -> Completion:
+        start = time.perf_counter()
+        client, semaphore = self._session()
+        async with semaphore:
+            response = await self._create(client, messages, params, sample_index)
+        if not response.choices:
+            raise LLMError(f"{self.name} at {self.base_url}: response without choices")
+        text = response.choices[0].message.content or ""
         usage = response.usage
-        prompt_tokens = usage.prompt_tokens if usage else 0
-        completion_tokens = usage.completion_tokens if usage else 0
+        if usage is None:  # some servers omit usage: tokens and cost unknown
+            prompt_tokens = completion_tokens = 0
+            cost = None
+        else:
+            prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
+            cost = self.cost(prompt_tokens, completion_tokens)
         return Completion(
             text=text,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            cost_usd=self.cost(prompt_tokens, completion_tokens),
+            cost_usd=cost,
             latency_s=time.perf_counter() - start,
         )
 
     async def aclose(self) -> None:
-        await self._client.close()
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.close()
+            except RuntimeError:  # its event loop is gone: nothing left to close
+                pass
