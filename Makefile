@@ -48,6 +48,7 @@ test-slow: install
 	$(BIN)/pytest -m slow -q
 
 bench: install
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench
 
 # The main job on the embedded default (SmolLM2-135M on built-in arithmetic).
