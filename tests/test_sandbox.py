@@ -75,13 +75,18 @@ def _descendants() -> set[int]:
     return found
 
 
-def _assert_no_strays(workdir: str, grace_s: float = 2.0) -> None:
-    """Nothing the run started survives it (allowing the kernel a moment to reap)."""
+def _assert_no_strays(
+    workdir: str, grace_s: float = 2.0, baseline: frozenset[int] = frozenset()
+) -> None:
+    """Nothing the run started survives it (allowing the kernel a moment to reap).
+
+    `baseline`: descendants that existed before the run (e.g. worker pools of earlier tests).
+    """
     deadline = time.monotonic() + grace_s
-    while (_cwd_processes(workdir) or _descendants()) and time.monotonic() < deadline:
+    while (_cwd_processes(workdir) or _descendants() - baseline) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _cwd_processes(workdir) == []
-    assert _descendants() == set()
+    assert _descendants() - baseline == set()
 
 
 def _workdir(result: SandboxResult) -> str:
@@ -160,8 +165,7 @@ def test_infinite_loop_times_out_and_leaves_no_process(mode: str) -> None:
     )
     assert result.status == "timeout", result
     assert time.monotonic() - start < HOSTILE.timeout_s + 2
-    assert before == set()
-    _assert_no_strays(_workdir(result))
+    _assert_no_strays(_workdir(result), baseline=frozenset(before))
     assert not os.path.exists(_workdir(result))
 
 
@@ -174,9 +178,10 @@ def test_sleeping_grandchild_in_new_session_is_killed_too(mode: str) -> None:
         "if os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n"
         "time.sleep(60)\n"
     )
+    before = frozenset(_descendants())
     result = run_python(code, limits=HOSTILE)
     assert result.status == "timeout", result
-    _assert_no_strays(_workdir(result))
+    _assert_no_strays(_workdir(result), baseline=before)
 
 
 def test_cpu_burn_hits_the_cpu_limit(mode: str) -> None:
@@ -216,8 +221,7 @@ def test_fork_bomb_is_contained(mode: str) -> None:
     result = run_python(code, limits=HOSTILE)
     assert time.monotonic() - start < HOSTILE.timeout_s + 3
     assert result.status == "timeout", result
-    assert before == set()
-    _assert_no_strays(_workdir(result), grace_s=5)
+    _assert_no_strays(_workdir(result), grace_s=5, baseline=frozenset(before))
 
 
 @needs_bwrap
@@ -360,6 +364,8 @@ def test_concurrent_async_runs_all_succeed_without_blocking_the_loop() -> None:
 
 
 def test_cancelled_async_run_kills_the_child() -> None:
+    before = frozenset(_descendants())
+
     async def main() -> None:
         task = asyncio.create_task(arun_python("import time\ntime.sleep(60)\n"))
         await asyncio.sleep(0.5)
@@ -369,7 +375,7 @@ def test_cancelled_async_run_kills_the_child() -> None:
         await asyncio.sleep(0.3)  # the worker notices the cancel within a poll interval
 
     asyncio.run(main())
-    _assert_no_strays("/nonexistent")
+    _assert_no_strays("/nonexistent", baseline=before)
 
 
 # -- isolation choice ---------------------------------------------------------------------------
