@@ -103,18 +103,29 @@ class WorkflowConfig:
 
 @dataclass
 class MCTSConfig:
-    scope: str = "problem"  # problem | dataset
-    selection: str = "uct"  # uct | aflow
+    """Workflow search (wfopt/search/). Formulas: selection.py (UCT, AFlow) and mcts.py (reward)."""
+
+    scope: str = "problem"  # problem: one tree per training problem | dataset: one tree (AFlow)
+    selection: str = "uct"  # uct (descend by v + c*sqrt(ln N / n)) | aflow (mixed softmax rule)
     exploration: float = 1.4  # UCT constant c
-    aflow_lambda: float = 0.3
-    aflow_alpha: float = 0.2
-    iterations: int = 8
-    max_children: int = 4
-    rollouts: int = 2
-    seed_workflow: str = "io"
-    max_invalid_retries: int = 2
-    early_stop_perfect: bool = True
-    cost_weight: float = 0.0
+    aflow_lambda: float = 0.3  # AFlow: uniform share λ of P(i) = λ/n + (1-λ) softmax(α·100·s)
+    aflow_alpha: float = 0.2  # AFlow: softmax sharpness α
+    iterations: int = 8  # children evaluated per tree (the seed not counted)
+    max_children: int = 4  # children per node before selection descends past it
+    rollouts: int = 2  # runs per evaluation (the executor samples); reward = mean score
+    seed_workflow: str = "auto"  # root: a baseline name, or auto (io; code_io for code tasks)
+    proposer: str = "policy"  # policy (LLM proposals, edits as fallback) | edits (no policy)
+    max_invalid_retries: int = 2  # extra policy samples when a proposal is invalid/duplicate
+    proposal_temperature: float = 1.0  # policy sampling for proposals
+    proposal_max_tokens: int = 256
+    policy_samples: int = 0  # workflows sampled from the policy's training prompt per tree
+    early_stop_perfect: bool = True  # stop a tree once it holds a workflow scoring 1
+    cost_weight: float = 0.0  # reward = score - cost_weight * min(1, tokens / cost_scale_tokens)
+    cost_scale_tokens: int = 2048  # mean tokens per run that count as cost 1
+    max_operator_calls: int = 20  # per workflow run (budget error beyond)
+    timeout_s: float = 120.0  # per workflow run
+    concurrency: int = 8  # problems searched at once (their LLM calls batch together)
+    val_problems: int | None = 20  # dataset scope: validation problems scoring each workflow
 
 
 @dataclass
@@ -205,7 +216,10 @@ class EvaluateConfig(RunConfig):
 
 @dataclass
 class SearchConfig(RunConfig):
-    resume: bool = False
+    # true: continue the trajectories file of this run's own directory (with a fixed
+    # hydra.run.dir); or the path of an earlier search run directory to continue
+    resume: str | None = None
+    show_progress: bool = True
 
 
 @dataclass

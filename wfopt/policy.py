@@ -12,6 +12,10 @@ Two variants of the same prompt, picked by whether a tokenizer with a chat templ
   system message listing the operators, rendered by the tokenizer's chat template with the
   assistant turn opened; the workflow is the assistant's reply.
 
+Search proposals use the same builder with a `Parent`: the user text then also shows a
+workflow to improve, its score and what went wrong (never the gold answer), so proposal and
+training prompts share their system message, problem statement and closing `Workflow:` cue.
+
 A training sample is `prompt ids + code ids + [EOS]`: the prompt and the code are tokenized
 separately and concatenated, so the boundary between them is exact (no merge of the prompt's
 last characters with the code's first ones) and the response mask covers exactly the code
@@ -20,6 +24,8 @@ tokens and the EOS that ends them.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 PROMPT_TEMPLATE = "Generate a workflow to solve this problem:\n{problem}\n\nWorkflow:"
@@ -38,14 +44,36 @@ def uses_chat_template(tokenizer: Any | None) -> bool:
     return tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
 
 
-def build_policy_prompt(problem: str, tokenizer: Any | None = None) -> str:
+@dataclass(frozen=True)
+class Parent:
+    """A workflow the policy is asked to improve (search expansion)."""
+
+    code: str
+    score: float
+    notes: str = ""  # failure summary, e.g. "runtime_error: ...; answered 12" (no gold answers)
+
+
+def _user_text(problem: str, parent: Parent | None) -> str:
+    head, cue = PROMPT_TEMPLATE.format(problem=problem).rsplit("\n\n", 1)
+    if parent is None:
+        return f"{head}\n\n{cue}"
+    notes = f"\nWhat happened: {parent.notes}" if parent.notes else ""
+    return (
+        f"{head}\n\nThis workflow scored {parent.score:.2f}:\n{parent.code.strip()}{notes}\n"
+        f"Write a better one.\n\n{cue}"
+    )
+
+
+def build_policy_prompt(
+    problem: str, tokenizer: Any | None = None, parent: Parent | None = None
+) -> str:
     """The text the policy continues with a workflow for `problem`.
 
     With a chat-template tokenizer: system = operator docs, user = the seed prompt, assistant
     turn opened. Otherwise: the seed prompt plus a newline. Pass `tokenizer=None` to force the
-    plain form (`model.chat_template=false`).
+    plain form (`model.chat_template=false`). `parent`: a search expansion's prompt.
     """
-    text = PROMPT_TEMPLATE.format(problem=problem)
+    text = _user_text(problem, parent)
     if not uses_chat_template(tokenizer):
         return text + "\n"
     messages = [
@@ -53,6 +81,26 @@ def build_policy_prompt(problem: str, tokenizer: Any | None = None) -> str:
         {"role": "user", "content": text},
     ]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+_FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", re.DOTALL)
+
+
+def extract_workflow(text: str) -> str:
+    """The workflow code in a policy completion: a fenced block if any, from `async def solve`
+    on, with trailing prose after the function dropped (a line back at column 0)."""
+    match = _FENCE.search(text)
+    code = match.group(1) if match else text
+    start = code.find("async def solve")
+    if start < 0:
+        return code.strip()
+    lines = code[start:].splitlines()
+    body = [lines[0]]
+    for line in lines[1:]:
+        if line.strip() and not line[0].isspace():
+            break
+        body.append(line)
+    return "\n".join(body).strip()
 
 
 def encode_prompt(prompt: str, tokenizer: Any) -> list[int]:

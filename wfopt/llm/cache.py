@@ -15,6 +15,7 @@ import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from wfopt.llm.base import LLM, Completion, Message, SamplingParams
@@ -32,7 +33,6 @@ class CachedLLM:
 
     def __init__(self, inner: LLM, path: str | Path) -> None:
         self.inner = inner
-        self.name = inner.name
         self.path = Path(path).expanduser()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
@@ -52,6 +52,11 @@ class CachedLLM:
             raise AttributeError(name)
         return getattr(self.inner, name)
 
+    @property
+    def name(self) -> str:
+        """The inner backend's current name: renaming it (a new policy checkpoint) changes keys."""
+        return self.inner.name
+
     def _get(self, key: str) -> Completion | None:
         row = self._db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
         return Completion(**json.loads(row[0])) if row else None
@@ -64,8 +69,20 @@ class CachedLLM:
     async def complete(
         self, messages: list[Message], params: SamplingParams, sample_index: int = 0
     ) -> Completion:
-        start = time.perf_counter()
         key = cache_key(self.name, messages, params, sample_index)
+        return await self._cached(key, lambda: self.inner.complete(messages, params, sample_index))
+
+    async def complete_text(
+        self, prompt: str, params: SamplingParams, sample_index: int = 0
+    ) -> Completion:
+        """Raw-prompt generation (the policy's own format), cached like `complete`."""
+        key = cache_key(self.name, [{"role": "text", "content": prompt}], params, sample_index)
+        return await self._cached(
+            key, lambda: self.inner.complete_text(prompt, params, sample_index)
+        )
+
+    async def _cached(self, key: str, generate: Callable[[], Awaitable[Completion]]) -> Completion:
+        start = time.perf_counter()
         while True:
             stored = self._get(key)
             if stored is None and key in self._in_flight:
@@ -84,7 +101,7 @@ class CachedLLM:
         self._in_flight[key] = future
         completion = None
         try:
-            completion = await self.inner.complete(messages, params, sample_index)
+            completion = await generate()
             self._put(key, completion)
             return completion
         finally:
