@@ -27,7 +27,13 @@ from wfopt.grpo.checkpoint import (
     save_checkpoint,
 )
 from wfopt.grpo.trainer import sequence_log_probs
-from wfopt.policy import PROMPT_TEMPLATE, build_policy_prompt, encode_prompt_and_response
+from wfopt.policy import (
+    PROMPT_TEMPLATE,
+    RESPONSE_PREFIX,
+    build_policy_prompt,
+    encode_prompt_and_response,
+    policy_response,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = [load_baseline("programmer"), load_baseline("cot_sc")]
@@ -93,11 +99,11 @@ def write_jsonl(path: Path, records: list) -> Path:
 
 def test_one_prompt_builder_plain_and_chat(tokenizer):
     plain = build_policy_prompt("2+2?")
-    assert plain == PROMPT_TEMPLATE.format(problem="2+2?") + "\n"
+    assert plain == PROMPT_TEMPLATE.format(problem="2+2?") + "\n" + RESPONSE_PREFIX
     chat = build_policy_prompt("2+2?", tokenizer)
     assert PROMPT_TEMPLATE.format(problem="2+2?") in chat
     assert "ensemble(problem, candidates)" in chat  # operator docs in the system turn
-    assert chat.endswith("<|im_start|>assistant\n")
+    assert chat.endswith("<|im_start|>assistant\n" + RESPONSE_PREFIX)
 
 
 def test_response_mask_covers_exactly_code_and_eos(tokenizer):
@@ -109,7 +115,9 @@ def test_response_mask_covers_exactly_code_and_eos(tokenizer):
         # contiguous: prompt then response
         first = int(mask.nonzero()[0])
         assert mask[first:].all() and not mask[:first].any()
-        assert tokenizer.decode(ids[mask]) == sample["workflow_code"] + tokenizer.eos_token
+        body = policy_response(sample["workflow_code"])
+        assert sample["workflow_code"].startswith(RESPONSE_PREFIX + body.split("\n")[0])
+        assert tokenizer.decode(ids[mask]) == body + tokenizer.eos_token
         assert int(ids[-1]) == tokenizer.eos_token_id
         prompt = build_policy_prompt(sample["problem"], tokenizer)
         assert tokenizer.decode(ids[~mask]) == prompt

@@ -117,8 +117,9 @@ class MCTSConfig:
     proposer: str = "policy"  # policy (LLM proposals, edits as fallback) | edits (no policy)
     max_invalid_retries: int = 2  # extra policy samples when a proposal is invalid/duplicate
     proposal_temperature: float = 1.0  # policy sampling for proposals
-    proposal_max_tokens: int = 256
+    proposal_max_tokens: int = 160  # a workflow body rarely needs more
     policy_samples: int = 0  # workflows sampled from the policy's training prompt per tree
+    keep_invalid_samples: bool = True  # invalid policy samples join the group (reward 0)
     early_stop_perfect: bool = True  # stop a tree once it holds a workflow scoring 1
     cost_weight: float = 0.0  # reward = score - cost_weight * min(1, tokens / cost_scale_tokens)
     cost_scale_tokens: int = 2048  # mean tokens per run that count as cost 1

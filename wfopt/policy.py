@@ -1,33 +1,35 @@
 """The policy's prompt format: the one function that turns a problem into the text the policy
-continues with a workflow, shared by sampling (search proposals) and GRPO training so the two
-never drift apart.
+continues with a workflow, shared by sampling (search proposals, loop evaluation) and GRPO
+training so the two never drift apart.
 
-Two variants of the same prompt, picked by whether a tokenizer with a chat template is given:
+Every prompt ends with the workflow's fixed first line, `RESPONSE_PREFIX`
+(`async def solve(problem):`, a newline and the body's indent): the policy writes only the body. This costs
+nothing in expressiveness (every workflow starts that way) and spares a small policy from
+having to learn the header before anything else. Two variants of the same prompt, picked by
+whether a tokenizer with a chat template is given:
 
 - plain (`tokenizer=None`, or a tokenizer without a chat template): the seed prompt
-  `"Generate a workflow to solve this problem:\\n{problem}\\n\\nWorkflow:\\n"`. The trailing newline
-  (absent in the design's seed text) makes the workflow start on a fresh line, so the code's
-  first token is the same whether it is sampled after the prompt or tokenized on its own.
+  `"Generate a workflow to solve this problem:\n{problem}\n\nWorkflow:\n"` then the prefix;
 - chat: the same user text (without the trailing newline) as one user turn after a short
   system message listing the operators, rendered by the tokenizer's chat template with the
-  assistant turn opened; the workflow is the assistant's reply.
+  assistant turn opened, then the prefix.
 
-Search proposals use the same builder with a `Parent`: the user text then also shows a
+Search expansions use the same builder with a `Parent`: the user text then also shows a
 workflow to improve, its score and what went wrong (never the gold answer), so proposal and
-training prompts share their system message, problem statement and closing `Workflow:` cue.
+training prompts share their system message, problem statement and closing cue.
 
-A training sample is `prompt ids + code ids + [EOS]`: the prompt and the code are tokenized
-separately and concatenated, so the boundary between them is exact (no merge of the prompt's
-last characters with the code's first ones) and the response mask covers exactly the code
-tokens and the EOS that ends them.
+A training sample is `prompt ids + body ids + [EOS]` where the body is the workflow without
+its first line (`policy_response`): the prompt and the body are tokenized separately and
+concatenated, so the boundary between them is exact and the response mask covers exactly the
+body tokens and the EOS that ends them.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
+RESPONSE_PREFIX = "async def solve(problem):\n    "
 PROMPT_TEMPLATE = "Generate a workflow to solve this problem:\n{problem}\n\nWorkflow:"
 
 OPERATOR_DOCS = (
@@ -70,37 +72,67 @@ def build_policy_prompt(
     """The text the policy continues with a workflow for `problem`.
 
     With a chat-template tokenizer: system = operator docs, user = the seed prompt, assistant
-    turn opened. Otherwise: the seed prompt plus a newline. Pass `tokenizer=None` to force the
+    turn opened. Otherwise: the seed prompt plus a newline. Both end with `RESPONSE_PREFIX`. Pass `tokenizer=None` to force the
     plain form (`model.chat_template=false`). `parent`: a search expansion's prompt.
     """
     text = _user_text(problem, parent)
     if not uses_chat_template(tokenizer):
-        return text + "\n"
+        return text + "\n" + RESPONSE_PREFIX
     messages = [
         {"role": "system", "content": OPERATOR_DOCS},
         {"role": "user", "content": text},
     ]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    chat = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return chat + RESPONSE_PREFIX
 
 
-_FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", re.DOTALL)
-
-
-def extract_workflow(text: str) -> str:
-    """The workflow code in a policy completion: a fenced block if any, from `async def solve`
-    on, with trailing prose after the function dropped (a line back at column 0)."""
-    match = _FENCE.search(text)
-    code = match.group(1) if match else text
-    start = code.find("async def solve")
-    if start < 0:
-        return code.strip()
-    lines = code[start:].splitlines()
-    body = [lines[0]]
-    for line in lines[1:]:
-        if line.strip() and not line[0].isspace():
+def workflow_from_completion(text: str) -> str:
+    """The workflow a policy completion (the text after the prompt) spells: the prefix plus the
+    body, cut where the function ends (a line back at column 0, or a closing code fence)."""
+    first, _, rest = text.partition("\n")
+    body = [first.lstrip(" ")]  # the prefix already indents it (tokens often bring a space)
+    for line in rest.splitlines():
+        if line.strip().startswith("```") or (line.strip() and not line[0].isspace()):
             break
         body.append(line)
-    return "\n".join(body).strip()
+    return (RESPONSE_PREFIX + "\n".join(body)).rstrip() + "\n"
+
+
+def _with_standard_header(code: str) -> str | None:
+    """`code` re-rendered so it starts with `RESPONSE_PREFIX`, or None if it does not parse
+    as one `async def solve(<param>)` (the parameter is renamed to `problem`)."""
+    import ast
+
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError):
+        return None
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.AsyncFunctionDef):
+        return None
+    solve = tree.body[0]
+    if solve.name != "solve" or len(solve.args.args) != 1:
+        return None
+    param = solve.args.args[0].arg
+    if param != "problem":
+        if any(isinstance(n, ast.Name) and n.id == "problem" for n in ast.walk(solve)):
+            return None
+        solve.args.args[0].arg = "problem"
+        for node in ast.walk(solve):
+            if isinstance(node, ast.Name) and node.id == param:
+                node.id = "problem"
+    return ast.unparse(tree) + "\n"
+
+
+def policy_response(code: str) -> str:
+    """The part of a workflow the policy writes: everything after `RESPONSE_PREFIX`.
+
+    Code with another header (other parameter name, leading comments) is re-rendered with the
+    standard one first; code that does not parse and lacks the prefix is returned whole (it
+    can only be a failed sample, trained on as it is).
+    """
+    if not code.startswith(RESPONSE_PREFIX):
+        code = _with_standard_header(code) or code
+    return code[len(RESPONSE_PREFIX) :] if code.startswith(RESPONSE_PREFIX) else code
 
 
 def encode_prompt(prompt: str, tokenizer: Any) -> list[int]:
@@ -115,8 +147,9 @@ def encode_prompt(prompt: str, tokenizer: Any) -> list[int]:
 
 
 def encode_response(response: str, tokenizer: Any, add_eos: bool = True) -> list[int]:
-    """Token ids of a workflow as the policy would emit it: no special tokens, then EOS."""
-    ids = list(tokenizer(response, add_special_tokens=False)["input_ids"])
+    """Token ids of a workflow as the policy would emit it after the prompt: its body
+    (`policy_response`), no special tokens, then EOS."""
+    ids = list(tokenizer(policy_response(response), add_special_tokens=False)["input_ids"])
     if add_eos:
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token; cannot end the workflow")
@@ -127,7 +160,7 @@ def encode_response(response: str, tokenizer: Any, add_eos: bool = True) -> list
 def encode_prompt_and_response(
     prompt: str, response: str, tokenizer: Any, add_eos: bool = True
 ) -> tuple[list[int], list[int]]:
-    """`(input_ids, response_mask)` of `prompt + response (+ EOS)`, tokenized piecewise.
+    """`(input_ids, response_mask)` of `prompt + body of response (+ EOS)`, tokenized piecewise.
 
     The prompt is tokenized alone, the response alone (no special tokens), and the ids are
     concatenated; `response_mask` is 0 on prompt ids and 1 on response ids and the EOS.

@@ -147,8 +147,9 @@ class _Edit:
             )
 
         for tree, node in self.variants(is_range):
+            current = node.args[0].value  # type: ignore[attr-defined]
             for size in ENSEMBLE_SIZES:
-                if size != node.args[0].value:  # type: ignore[attr-defined]
+                if size != current:
                     node.args[0] = ast.Constant(size)  # type: ignore[attr-defined]
                     yield ast.unparse(tree)
 

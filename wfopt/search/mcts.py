@@ -31,7 +31,7 @@ from typing import Any
 from wfopt.evaluate import Record, execute
 from wfopt.llm.base import LLM, SamplingParams
 from wfopt.operators import OPERATOR_NAMES
-from wfopt.policy import Parent, build_policy_prompt, extract_workflow
+from wfopt.policy import Parent, build_policy_prompt, workflow_from_completion
 from wfopt.search.edits import propose_edit
 from wfopt.search.selection import aflow_choice, uct_choice
 from wfopt.search.tree import Node, Tree
@@ -208,7 +208,7 @@ class PolicyProposer:
     async def sample(self, task: str, parent: Parent | None, sample_index: int) -> str:
         prompt = build_policy_prompt(task, self.tokenizer, parent)
         completion = await self.llm.complete_text(prompt, self.params, sample_index)
-        return extract_workflow(completion.text)
+        return workflow_from_completion(completion.text)
 
 
 @dataclass
@@ -223,6 +223,8 @@ class TreeSearch:
     code_task: bool = False
     tree: Tree = field(default_factory=Tree)
     stats: SearchStats = field(default_factory=SearchStats)
+    # the policy's own samples (training prompt) that failed validation: (source, reason)
+    invalid_samples: list[tuple[str, str]] = field(default_factory=list)
 
     async def run(self, seed_source: str, policy_samples: int = 0) -> Tree:
         seed = parse_workflow(seed_source)
@@ -279,12 +281,15 @@ class TreeSearch:
 
     # -- expansion ---------------------------------------------------------------------------
 
-    def _accept(self, source: str) -> Workflow | None:
-        """The workflow if `source` is valid and new to the tree (counts rejections)."""
+    def _accept(self, source: str, rejected: list | None = None) -> Workflow | None:
+        """The workflow if `source` is valid and new to the tree (counts rejections; invalid
+        sources go to `rejected` if given)."""
         try:
             workflow = parse_workflow(source)
-        except InvalidWorkflow:
+        except InvalidWorkflow as err:
             self.stats.invalid += 1
+            if rejected is not None:
+                rejected.append((source, str(err)))
             return None
         if workflow.hash in self.tree.by_hash:
             self.stats.duplicates += 1
@@ -327,7 +332,7 @@ class TreeSearch:
         self.stats.proposals += k
         children = []
         for source in sources:
-            workflow = self._accept(source)
+            workflow = self._accept(source, self.invalid_samples)
             if workflow is not None:
                 children.append(
                     (self.tree.add(workflow.hash, source, root, "policy_sample"), workflow)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -31,6 +32,7 @@ from wfopt.search.mcts import (
     PolicyProposer,
     SearchStats,
     TreeSearch,
+    cost_penalized_reward,
     dataset_evaluator,
     operators_used,
     problem_evaluator,
@@ -49,28 +51,36 @@ class SearchError(RuntimeError):
 # ----------------------------------------------------------------------------- output files
 
 
-def trajectory_record(problem: Any, tree: Tree, dataset: str, split: str) -> dict[str, Any]:
-    """One problem's group, in the schema `wfopt train` reads (grpo/data.py)."""
-    nodes = tree.nodes
+def trajectory_record(
+    problem: Any, search: TreeSearch, dataset: str, split: str, keep_invalid: bool = True
+) -> dict[str, Any]:
+    """One problem's group, in the schema `wfopt train` reads (grpo/data.py): every tree node,
+    then (`keep_invalid`) the policy's own samples that failed validation, with the reward of
+    a score of 0 at the highest cost (GRPO then pushes the policy away from invalid code)."""
+    nodes = search.tree.nodes
     runs = [max(n.ledger.get("runs", 1), 1) for n in nodes]
+    invalid = search.invalid_samples if keep_invalid else []
+    invalid_reward = cost_penalized_reward(0.0, math.inf, search.cfg.cost_weight, 1.0)
     return {
         "problem": problem.question,
         "problem_id": problem.id,
-        "workflow_codes": [n.source for n in nodes],
-        "rewards": [n.reward for n in nodes],
-        "scores": [n.score for n in nodes],
+        "workflow_codes": [n.source for n in nodes] + [source for source, _ in invalid],
+        "rewards": [n.reward for n in nodes] + [invalid_reward] * len(invalid),
+        "scores": [n.score for n in nodes] + [0.0] * len(invalid),
         # mean USD per run, None where the executor's price is unknown
         "costs": [
             None if n.ledger.get("cost_usd") is None else n.ledger["cost_usd"] / r
             for n, r in zip(nodes, runs, strict=True)
-        ],
+        ]
+        + [0.0] * len(invalid),
         "tokens": [
             (n.ledger.get("prompt_tokens", 0) + n.ledger.get("completion_tokens", 0)) / r
             for n, r in zip(nodes, runs, strict=True)
-        ],
-        "sources": [n.origin for n in nodes],
-        "hashes": [n.hash for n in nodes],
-        "parents": [n.parent for n in nodes],
+        ]
+        + [0] * len(invalid),
+        "sources": [n.origin for n in nodes] + ["invalid_sample"] * len(invalid),
+        "hashes": [n.hash for n in nodes] + [None] * len(invalid),
+        "parents": [n.parent for n in nodes] + [None] * len(invalid),
         "dataset": dataset,
         "split": split,
     }
@@ -321,7 +331,9 @@ async def search_problems(
         )
         async with semaphore:
             await search.run(seed_source(m, code_task), m.policy_samples)
-        record = trajectory_record(problem, search.tree, dataset_name, split)
+        record = trajectory_record(
+            problem, search, dataset_name, split, keep_invalid=m.keep_invalid_samples
+        )
         out.write(json.dumps(record) + "\n")
         out.flush()
         if trees_dir is not None:

@@ -1,0 +1,442 @@
+"""MCTS workflow search: selection math, the tree, structural edits, dedup, the output file,
+and `wfopt search` end to end on the embedded model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from wfopt.baselines import load_baseline
+from wfopt.config import MCTSConfig
+from wfopt.evaluate import Record
+from wfopt.policy import RESPONSE_PREFIX, policy_response, workflow_from_completion
+from wfopt.search.edits import EDIT_KINDS, edit_variants, propose_edit
+from wfopt.search.mcts import Evaluation, TreeSearch, cost_penalized_reward, failure_notes
+from wfopt.search.runner import SearchError, finished_problem_ids, trajectory_record
+from wfopt.search.selection import aflow_choice, aflow_probabilities, uct_choice, uct_score
+from wfopt.search.tree import Tree
+from wfopt.workflow import parse_workflow
+
+MATH_BASELINES = ["io", "cot", "cot_sc", "programmer", "self_refine"]
+
+
+def mcts(**overrides) -> MCTSConfig:
+    return OmegaConf.merge(OmegaConf.structured(MCTSConfig), overrides)  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------- selection math
+
+
+def test_uct_score_hand_worked():
+    # 0.5 + 1.4 * sqrt(ln 10 / 2) = 0.5 + 1.4 * 1.072983 = 2.002176
+    assert uct_score(0.5, 2, 10, 1.4) == pytest.approx(2.002176, abs=1e-6)
+    assert uct_score(0.2, 1, 1, 1.4) == pytest.approx(0.2)  # ln 1 = 0: pure exploitation
+    assert uct_score(0.0, 0, 5, 1.4) == math.inf
+    assert uct_score(0.7, 3, 9, 0.0) == pytest.approx(0.7)
+
+
+def test_uct_choice_explores_then_exploits():
+    # child 0: v=0.9 n=8 -> 0.9 + sqrt(ln 10 / 8) = 1.4365; child 1: v=0.5 n=1 -> 2.0174
+    assert uct_choice([0.9, 0.5], [8, 1], 10, 1.0) == 1
+    assert uct_choice([0.9, 0.5], [8, 1], 10, 0.0) == 0
+    assert uct_choice([0.9, 0.0], [8, 0], 10, 0.0) == 1  # unvisited first
+    assert uct_choice([0.5, 0.5], [2, 2], 4, 1.4) == 0  # ties: the first
+
+
+def test_aflow_probabilities_hand_worked():
+    # logits 0.2*100*[0.5, 0.6] = [10, 12]; softmax = [1/(1+e^2), e^2/(1+e^2)] = [0.1192, 0.8808]
+    p = aflow_probabilities([0.5, 0.6], lam=0.3, alpha=0.2)
+    assert p == pytest.approx([0.15 + 0.7 * 0.119203, 0.15 + 0.7 * 0.880797], abs=1e-6)
+    assert sum(p) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("scores", [[0.1, 0.9, 0.4], [0.0, 0.0], [1.0, 0.0, 0.0, 0.5]])
+def test_aflow_probabilities_properties(scores):
+    lam = 0.3
+    p = aflow_probabilities(scores, lam, 0.2)
+    n = len(scores)
+    assert sum(p) == pytest.approx(1.0)
+    assert min(p) >= lam / n - 1e-12  # the uniform share is a floor
+    assert p.index(max(p)) == scores.index(max(scores))
+    assert aflow_probabilities(scores, 1.0, 0.2) == pytest.approx([1 / n] * n)
+    huge = aflow_probabilities(scores, lam, 1e6)  # no overflow: softmax subtracts the max
+    assert all(math.isfinite(x) for x in huge) and sum(huge) == pytest.approx(1.0)
+    assert aflow_probabilities([], lam, 0.2) == []
+
+
+def test_aflow_choice_draws_with_those_probabilities():
+    rng = random.Random(0)
+    scores = [0.5, 0.6, 0.2]
+    expected = aflow_probabilities(scores, 0.3, 0.2)
+    counts = Counter(aflow_choice(scores, 0.3, 0.2, rng) for _ in range(20000))
+    for i, p in enumerate(expected):
+        assert counts[i] / 20000 == pytest.approx(p, abs=0.015)
+
+
+def test_cost_penalized_reward():
+    assert cost_penalized_reward(1.0, 512, 0.0, 2048) == 1.0
+    assert cost_penalized_reward(1.0, 512, 0.2, 2048) == pytest.approx(1.0 - 0.2 * 0.25)
+    assert cost_penalized_reward(0.5, 10**6, 0.2, 2048) == pytest.approx(0.3)  # capped at 1
+
+
+# ---------------------------------------------------------------------------------- tree
+
+
+def test_tree_backpropagates_along_the_path_only():
+    tree = Tree()
+    root = tree.add("r", "r", None, "seed")
+    a = tree.add("a", "a", root, "edit:x")
+    b = tree.add("b", "b", root, "edit:x")
+    a1 = tree.add("a1", "a1", a, "policy")
+    tree.backpropagate(root, 0.0)
+    tree.backpropagate(a, 1.0)
+    tree.backpropagate(a1, 0.5)
+    tree.backpropagate(b, 0.25)
+    assert (root.visits, root.value) == (4, pytest.approx((0 + 1 + 0.5 + 0.25) / 4))
+    assert (a.visits, a.value) == (2, pytest.approx(0.75))
+    assert (b.visits, a1.visits, a1.depth) == (1, 1, 2)
+    assert [n.id for n in tree.path(a1)] == [0, 1, 3]
+    with pytest.raises(ValueError, match="already in the tree"):
+        tree.add("a", "other", root, "policy")
+    a.reward = b.reward = 0.9
+    assert tree.best() is a  # ties: the earliest
+    assert tree.is_open(root, max_children=2)  # a and b can still take children
+    a.exhausted = b.exhausted = a1.exhausted = True
+    assert not tree.is_open(root, max_children=2)
+    json.dumps(tree.to_json())
+
+
+# ---------------------------------------------------------------------------------- edits
+
+
+@pytest.mark.parametrize("name", MATH_BASELINES)
+def test_every_edit_of_a_baseline_is_a_valid_different_workflow(name):
+    source = load_baseline(name)
+    original = parse_workflow(source).hash
+    made = 0
+    for kind in EDIT_KINDS:
+        for variant in edit_variants(source, kind):
+            assert parse_workflow(variant).hash != original, (kind, variant)
+            made += 1
+    assert made >= 4
+
+
+@pytest.mark.parametrize("name", ["code_io", "code_test_revise"])
+def test_code_edits_stay_code_workflows(name):
+    source = load_baseline(name)
+    for kind in EDIT_KINDS:
+        for variant in edit_variants(source, kind, code_task=True):
+            assert "code_generate" in variant or kind == "remove_step"
+            parse_workflow(variant)
+
+
+def test_propose_edit_is_seeded_and_runs_out():
+    source = load_baseline("io")
+    first = propose_edit(source, set(), random.Random(3))
+    again = propose_edit(source, set(), random.Random(3))
+    assert first is not None and again is not None
+    assert first[0] == again[0] and first[1].hash == again[1].hash
+    every = {parse_workflow(v).hash for k in EDIT_KINDS for v in edit_variants(source, k)}
+    assert propose_edit(source, every, random.Random(3)) is None
+
+
+# ------------------------------------------------------------------------- the search
+
+
+class ScriptedPolicy:
+    """A policy whose proposals are fixed text. Used where the test needs a particular policy
+    behaviour (only invalid code, only reformatted copies) that the real small model does not
+    produce on demand; everything downstream of the proposal is the real search."""
+
+    def __init__(self, outputs: list[str]) -> None:
+        self.outputs = outputs
+        self.calls = 0
+
+    async def sample(self, task, parent, sample_index):
+        self.calls += 1
+        return self.outputs[sample_index % len(self.outputs)]
+
+
+class CountingEvaluator:
+    """Scores workflows by a fixed rule and records every evaluation (the search's contract
+    with its evaluator is what is under test here, not execution)."""
+
+    def __init__(self, score=lambda wf: 0.0) -> None:
+        self.score = score
+        self.hashes: list[str] = []
+
+    async def __call__(self, workflow):
+        self.hashes.append(workflow.hash)
+        s = self.score(workflow)
+        record = Record("p", "x", "y", s, None, "", workflow.hash, 0.0, {"llm_calls": 1})
+        return Evaluation([s], [record])
+
+
+def grow(policy, evaluator, seed="io", policy_samples=0, **cfg):
+    search = TreeSearch(
+        task="What is 2 + 3?",
+        evaluate=evaluator,
+        cfg=mcts(**cfg),
+        proposer=policy,
+        rng=random.Random(0),
+    )
+    asyncio.run(search.run(load_baseline(seed), policy_samples))
+    return search
+
+
+def test_formatting_variants_are_one_node_and_nothing_runs_twice():
+    variants = [
+        "async def solve(problem):\n    return await generate(problem)",
+        "async def solve(q):\n\n    # just ask\n    return await generate(q)\n",
+        'async def solve(problem):\n    """Direct."""\n    return (await generate(problem))',
+    ]
+    policy = ScriptedPolicy(variants)
+    evaluator = CountingEvaluator()
+    search = grow(policy, evaluator, iterations=5, max_invalid_retries=2)
+    assert len(evaluator.hashes) == len(set(evaluator.hashes)) == len(search.tree)
+    assert len(search.tree) == 6  # seed + 5 children, all from edits
+    assert search.stats.duplicates == search.stats.proposals == policy.calls > 0
+    assert all(n.origin.startswith("edit:") for n in search.tree.nodes[1:])
+
+
+def test_invalid_only_policy_still_yields_groups():
+    garbage = ["def solve(problem): return 4", "print('hi')", "import os\nos.system('ls')"]
+    evaluator = CountingEvaluator()
+    search = grow(ScriptedPolicy(garbage), evaluator, iterations=3, policy_samples=2)
+    assert len(search.tree) == 4 and search.stats.invalid == search.stats.proposals
+    assert len(evaluator.hashes) == len(set(evaluator.hashes)) == 4
+    record = trajectory_record(_problem(), search, "arithmetic", "train")
+    # seed + 3 edits, then the 2 invalid samples of the training prompt at reward 0
+    assert record["sources"][:4] == ["seed"] + [n.origin for n in search.tree.nodes[1:]]
+    assert record["sources"][4:] == ["invalid_sample"] * 2
+    assert len(record["workflow_codes"]) == len(record["rewards"]) == 6
+    without = trajectory_record(_problem(), search, "arithmetic", "train", keep_invalid=False)
+    assert len(without["workflow_codes"]) == 4
+
+
+def test_valid_policy_proposals_become_children_with_their_origin():
+    proposal = "async def solve(problem):\n    return await programmer(problem)"
+    search = grow(ScriptedPolicy([proposal]), CountingEvaluator(), iterations=2)
+    origins = [n.origin for n in search.tree.nodes]
+    assert origins[:2] == ["seed", "policy"] and search.tree.nodes[1].source == proposal
+    assert search.stats.policy_children == 1
+
+
+def test_early_stop_once_a_workflow_is_perfect():
+    perfect = CountingEvaluator(lambda wf: 1.0)
+    assert len(grow(None, perfect, iterations=6).tree) == 2
+    assert (
+        len(
+            grow(
+                None, CountingEvaluator(lambda wf: 1.0), iterations=6, early_stop_perfect=False
+            ).tree
+        )
+        == 7
+    )
+
+
+def test_uct_expands_the_root_first_then_descends_to_the_best_child():
+    # the workflow using `programmer` scores 1, the rest 0; no early stop
+    def score(wf):
+        return 1.0 if "programmer" in wf.canonical_source else 0.0
+
+    search = grow(
+        None, CountingEvaluator(score), iterations=6, max_children=2, early_stop_perfect=False
+    )
+    root = search.tree.root
+    assert len(root.children) == 2
+    deeper = [n for n in search.tree.nodes if n.depth == 2]
+    assert deeper, "after the root was full, selection descended"
+    values = {c: search.tree.nodes[c].value for c in root.children}
+    best_child = max(values, key=values.get)
+    if values[best_child] > 0:  # exploitation: the winner collected more visits
+        assert search.tree.nodes[best_child].visits >= min(
+            search.tree.nodes[c].visits for c in root.children
+        )
+
+
+def test_aflow_selection_runs_and_respects_max_children():
+    search = grow(
+        None, CountingEvaluator(lambda wf: 0.5), iterations=6, selection="aflow", max_children=2
+    )
+    assert len(search.tree) == 7
+    assert all(len(n.children) <= 2 for n in search.tree.nodes)
+
+
+def test_failure_notes_never_hold_the_gold_answer():
+    records = [
+        Record("p", "12", "42", 0.0, None, "", "h", 0.0),
+        Record("p", None, "42", 0.0, "runtime_error", "NameError: x", "h", 0.0),
+    ]
+    notes = failure_notes(records)
+    assert "12" in notes and "runtime_error" in notes and "42" not in notes
+
+
+def _problem():
+    from wfopt.datasets import Problem
+
+    return Problem(id="p1", question="What is 2 + 3?", answer="5", kind="math")
+
+
+# ------------------------------------------------------------------------ policy format
+
+
+def test_policy_completion_round_trip():
+    completion = " x = await generate(problem)\n    return x\n```\nThat is the workflow."
+    workflow = workflow_from_completion(completion)
+    assert workflow == RESPONSE_PREFIX + "x = await generate(problem)\n    return x\n"
+    parse_workflow(workflow)
+    assert policy_response(workflow) == "x = await generate(problem)\n    return x\n"
+    # another parameter name: re-rendered with the standard header
+    assert policy_response("async def solve(q):\n    return await generate(q)") == (
+        "return await generate(problem)\n"
+    )
+
+
+# ---------------------------------------------------------------------------- output file
+
+
+def test_finished_problem_ids_cuts_a_torn_line_and_rejects_corruption(tmp_path):
+    path = tmp_path / "trajectories.jsonl"
+    good = json.dumps({"problem_id": 7, "problem": "q"}) + "\n"
+    path.write_text(good + '{"problem_id": 8, "prob')
+    assert finished_problem_ids(path) == {"7"}
+    assert path.read_text() == good  # the torn line is gone, the finished one kept
+    path.write_text("not json\n" + good)
+    with pytest.raises(SearchError, match=":1: unreadable"):
+        finished_problem_ids(path)
+    assert path.read_text() == "not json\n" + good  # nothing lost
+    assert finished_problem_ids(tmp_path / "missing.jsonl") == set()
+
+
+# ----------------------------------------------------------------- real model, real runs
+
+
+def test_concurrent_trees_batch_their_executor_calls(embedded_llm, tmp_path):
+    from wfopt.config import DatasetConfig
+    from wfopt.datasets import load_dataset
+    from wfopt.llm.base import SamplingParams
+    from wfopt.search.runner import search_problems
+
+    dataset = load_dataset(OmegaConf.structured(DatasetConfig(num_problems=50)))
+    problems = dataset.problems("train")[:3]
+    cfg = OmegaConf.create(
+        {
+            "seed": 0,
+            "mcts": OmegaConf.to_container(mcts(iterations=1, rollouts=1, proposer="edits")),
+        }
+    )
+    before = len(embedded_llm.batch_sizes)
+    report = asyncio.run(
+        search_problems(
+            problems,
+            dataset=dataset,
+            dataset_name="arithmetic",
+            split="train",
+            executor=embedded_llm,
+            params=SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=24),
+            proposer=None,
+            cfg=cfg,
+            out_path=tmp_path / "t.jsonl",
+            show_progress=False,
+        )
+    )
+    sizes = embedded_llm.batch_sizes[before:]
+    assert report.problems == 3 and max(sizes) >= 2, sizes
+    lines = (tmp_path / "t.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["problem_id"] for line in lines) == sorted(
+        p.id for p in problems
+    )
+
+
+def _search_args(cache: Path, limit: int) -> list[str]:
+    return [
+        "search",
+        f"dataset.limit={limit}",
+        "dataset.num_problems=60",
+        "mcts.iterations=2",
+        "mcts.rollouts=1",
+        "mcts.policy_samples=1",
+        "mcts.max_invalid_retries=0",
+        "mcts.proposal_max_tokens=32",
+        "executor.sampling.max_new_tokens=32",
+        f"executor.cache_path={cache}",
+    ]
+
+
+def _trajectories(run_dir: Path) -> dict:
+    lines = (run_dir / "trajectories.jsonl").read_text().splitlines()
+    return {json.loads(line)["problem_id"]: json.loads(line) for line in lines}
+
+
+def test_search_cli_end_to_end_deterministic_resumable_and_trainable(cli, tmp_path):
+    cache = tmp_path / "responses.sqlite"
+    first, second = tmp_path / "run1", tmp_path / "run2"
+    cli(*_search_args(cache, 2), f"hydra.run.dir={first}")
+    cli(*_search_args(cache, 2), f"hydra.run.dir={second}")
+    a, b = _trajectories(first), _trajectories(second)
+    assert len(a) == 2 and a == b  # seed + cache: identical trajectories
+    for record in a.values():
+        assert len(record["workflow_codes"]) >= 2 and record["sources"][0] == "seed"
+    assert len(list((first / "trees").glob("*.json"))) == 2
+    metrics = [json.loads(line) for line in (first / "metrics.jsonl").read_text().splitlines()]
+    assert "search/invalid_proposal_rate" in metrics[-1]["summary"]
+
+    # resume the first run with a bigger budget: only the new problem is searched
+    before = (first / "trajectories.jsonl").read_text()
+    cli(*_search_args(cache, 3), f"resume={first}", f"hydra.run.dir={tmp_path / 'run3'}")
+    after = (first / "trajectories.jsonl").read_text()
+    assert after.startswith(before) and len(after.splitlines()) == 3
+
+    # the file is what `wfopt train` reads
+    result = cli(
+        "train",
+        f"trajectories={first / 'trajectories.jsonl'}",
+        "grpo.max_steps=1",
+        "grpo.micro_batch_size=2",
+        "hardware.num_threads=1",
+        f"hydra.run.dir={tmp_path / 'train'}",
+    )
+    assert (tmp_path / "train" / "checkpoints").is_dir(), result.stdout
+
+
+def test_search_cli_rejects_bad_config(cli):
+    result = cli("search", "mcts.selection=greedy", expect_ok=False)
+    assert result.returncode != 0 and "mcts.selection='greedy'" in result.stderr
+
+
+def test_dataset_scope_finds_a_workflow_evaluate_accepts(cli, tmp_path):
+    cache = tmp_path / "responses.sqlite"
+    run = tmp_path / "dataset"
+    cli(
+        "search",
+        "mcts.scope=dataset",
+        "mcts.val_problems=3",
+        "mcts.iterations=2",
+        "mcts.rollouts=1",
+        "mcts.proposer=edits",
+        "dataset.num_problems=60",
+        "executor.sampling.max_new_tokens=32",
+        f"executor.cache_path={cache}",
+        f"hydra.run.dir={run}",
+    )
+    best = run / "best_workflow.py"
+    parse_workflow(best.read_text())
+    tree = json.loads((run / "tree.json").read_text())
+    assert len(tree["nodes"]) == 3
+    cli(
+        "evaluate",
+        f"workflow.path={best}",
+        "dataset.limit=2",
+        "dataset.num_problems=60",
+        "executor.sampling.max_new_tokens=32",
+        f"executor.cache_path={cache}",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+    )
