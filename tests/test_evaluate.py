@@ -117,3 +117,28 @@ def test_multirun_with_joblib_launcher(cli, tmp_path):
         json.loads(p.read_text())["n"] for p in (tmp_path / "sweep").glob("*/summary.json")
     )
     assert sizes == [1, 2]
+
+
+def test_executor_outage_fails_clearly_and_writes_no_results(cli, tmp_path):
+    """A dead executor is an error of the run, never a column of zero scores."""
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "run"
+    result = cli(
+        "evaluate",
+        "executor=openai",
+        "executor.model=m",
+        f"executor.base_url=http://127.0.0.1:{port}/v1",
+        "executor.max_retries=1",
+        "executor.timeout_s=2",
+        "executor.cache=false",
+        "dataset.limit=2",
+        f"hydra.run.dir={run}",
+        expect_ok=False,
+    )
+    assert result.returncode != 0
+    assert "the executor failed" in result.stderr and "connection error" in result.stderr
+    assert not (run / "results.jsonl").exists()

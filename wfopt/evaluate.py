@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from wfopt.llm.base import LLM, SamplingParams
+from wfopt.llm.base import LLM, LLMError, SamplingParams
 from wfopt.operators import Operators
 from wfopt.workflow import (
     InvalidWorkflow,
@@ -275,7 +275,13 @@ def run(cfg: DictConfig) -> float:
             await llm.aclose()
 
     start = time.perf_counter()
-    records = asyncio.run(main())
+    try:
+        records = asyncio.run(main())
+    except LLMError as err:  # nothing was written: results only exist for a complete run
+        tracker.finish()
+        raise SystemExit(
+            f"wfopt evaluate: the executor failed, no results written: {err}"
+        ) from None
     summary = summarize(records, time.perf_counter() - start)
     summary.update(
         workflow=label,

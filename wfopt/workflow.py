@@ -28,6 +28,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from wfopt.llm.base import LLMError
+
 ENTRY = "solve"
 
 # Limits that bound what a validated workflow can allocate or compute in-process.
@@ -519,12 +521,16 @@ def build_solve(
 
 
 async def call_solve(solve: Callable[[str], Awaitable[Any]], problem: str, timeout_s: float) -> Any:
-    """Await `solve(problem)` under a wall-clock limit; map failures to WorkflowError."""
+    """Await `solve(problem)` under a wall-clock limit; map failures to WorkflowError.
+
+    `LLMError` (the executor failed after its retries) propagates: scoring an outage as the
+    workflow's failure would poison results and trajectories with zeros.
+    """
     try:
         return await asyncio.wait_for(solve(problem), timeout=timeout_s)
     except asyncio.TimeoutError:
         raise WorkflowTimeout(f"workflow exceeded {timeout_s:.0f}s") from None
-    except WorkflowError:
+    except (WorkflowError, LLMError):  # LLMError: the executor is down, not the workflow's fault
         raise
     except RecursionError:
         raise LimitExceeded("recursion limit") from None

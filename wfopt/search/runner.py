@@ -27,7 +27,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from wfopt.evaluate import wilson_interval
-from wfopt.llm.base import SamplingParams
+from wfopt.llm.base import LLMError, SamplingParams
 from wfopt.search.mcts import (
     PolicyProposer,
     SearchStats,
@@ -473,7 +473,14 @@ def run(cfg: DictConfig) -> float:
             if proposer is not None and proposer.llm is not executor:
                 await proposer.llm.aclose()
 
-    report = asyncio.run(main())
+    try:
+        report = asyncio.run(main())
+    except LLMError as err:
+        tracker.finish()
+        raise SystemExit(
+            f"wfopt search: the executor failed: {err}\nFinished problems are kept in "
+            f"{out_path}; continue with resume={run_dir}"
+        ) from None
     metrics = report.metrics()
     (run_dir / "search_summary.json").write_text(json.dumps(metrics, indent=2))
     tracker.summary(metrics)
