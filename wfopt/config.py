@@ -9,7 +9,6 @@ Hydra's message naming the key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -213,6 +212,11 @@ class EvaluateConfig(RunConfig):
     workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
     concurrency: int = 16  # problems evaluated at once
     show_progress: bool = True
+    # a policy checkpoint (or run dir) writes the workflows instead; `base` = untrained model
+    policy: str | None = None
+    policy_samples: int = 1  # workflows the policy writes per problem
+    policy_temperature: float = 0.0  # 0 = greedy
+    policy_max_tokens: int = 160
 
 
 @dataclass
@@ -231,10 +235,27 @@ class TrainConfig(RunConfig):
 
 
 @dataclass
+class LoopSettings:
+    """`wfopt loop` episodes: search with the current policy -> GRPO -> held-out evaluation."""
+
+    episodes: int = 2
+    problems_per_episode: int = 6  # training problems searched per episode (in a seeded order)
+    eval_problems: int = 20  # held-out problems scored after every episode (and before any)
+    eval_split: str = "test"  # where held-out problems come from
+    eval_samples: int = 1  # workflows the policy writes per held-out problem
+    eval_temperature: float = 0.0  # 0 = greedy (with eval_samples=1)
+    policy_samples: int = 4  # the policy's own workflows per training problem (first children)
+    policy_max_tokens: int = 160  # longest workflow body the policy may write
+    replay_episodes: int = 0  # also train on the trajectories of this many previous episodes
+    baseline_workflow: str = "io"  # fixed reference workflow scored on the held-out problems
+
+
+@dataclass
 class LoopConfig(RunConfig):
-    resume: str | None = None
-    dry_run: bool = False
-    loop: dict[str, Any] = field(default_factory=dict)
+    resume: str | None = None  # a loop run directory to continue (after a crash or a kill)
+    dry_run: bool = False  # print the plan and the estimated calls; load no model
+    show_progress: bool = True
+    loop: LoopSettings = field(default_factory=LoopSettings)
 
 
 COMMAND_SCHEMAS = {

@@ -27,6 +27,7 @@ from wfopt.workflow import (
     WorkflowError,
     build_solve,
     call_solve,
+    operators_used,
     parse_workflow,
 )
 
@@ -48,6 +49,7 @@ class Record:
     workflow_hash: str | None
     duration_s: float
     ledger: dict[str, Any] = field(default_factory=dict)
+    workflow_source: str | None = None  # set when the workflow was written by the policy
 
 
 async def execute(
@@ -157,6 +159,87 @@ async def evaluate_problems(
         return list(await asyncio.gather(*(one(p) for p in problems)))
 
 
+async def evaluate_policy(
+    problems: list[Any],
+    dataset: Any,
+    policy: Any,
+    executor: LLM,
+    *,
+    policy_params: SamplingParams,
+    executor_params: SamplingParams,
+    samples: int = 1,
+    concurrency: int = 16,
+    max_operator_calls: int = 20,
+    timeout_s: float = 300.0,
+    show_progress: bool = True,
+    description: str = "policy",
+) -> list[Record]:
+    """The policy writes `samples` workflows per problem (training prompt); each is validated,
+    run once and scored. Invalid code is a record with error `invalid` and score 0."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from wfopt.policy import sample_workflows
+
+    semaphore = asyncio.Semaphore(max(1, concurrency))
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        "valid {task.fields[valid]} acc {task.fields[acc]:.3f}",
+        TimeElapsedColumn(),
+        disable=not show_progress,
+    )
+    done: list[Record] = []
+
+    async def one(problem: Any) -> list[Record]:
+        async with semaphore:
+            sources = await sample_workflows(policy, problem.question, policy_params, samples)
+            records = await asyncio.gather(
+                *(
+                    execute(
+                        source,
+                        problem,
+                        dataset,
+                        executor,
+                        executor_params,
+                        max_operator_calls=max_operator_calls,
+                        timeout_s=timeout_s,
+                    )
+                    for source in sources
+                )
+            )
+        for source, record in zip(sources, records, strict=True):
+            record.workflow_source = source
+        done.extend(records)
+        valid = sum(r.error != "invalid" for r in done)
+        acc = sum(r.score for r in done) / len(done)
+        progress.update(task, advance=1, valid=f"{valid}/{len(done)}", acc=acc)
+        return list(records)
+
+    with progress:
+        task = progress.add_task(description, total=len(problems), valid="0/0", acc=0.0)
+        groups = await asyncio.gather(*(one(p) for p in problems))
+    return [record for group in groups for record in group]
+
+
+def policy_summary(records: list[Record], wall_time_s: float) -> dict[str, Any]:
+    """`summarize` plus what only policy-written workflows have: the valid rate and the share
+    of valid workflows that use each operator."""
+    summary = summarize(records, wall_time_s)
+    valid = [r for r in records if r.error != "invalid"]
+    low, high = wilson_interval(len(valid), len(records))
+    usage: dict[str, int] = {}
+    for r in valid:
+        for name in operators_used(r.workflow_source or ""):
+            usage[name] = usage.get(name, 0) + 1
+    summary.update(
+        valid_rate=len(valid) / len(records) if records else 0.0,
+        valid_rate_ci95=[low, high],
+        operator_use={k: v / len(valid) for k, v in sorted(usage.items())} if valid else {},
+    )
+    return summary
+
+
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval for a proportion (well-behaved at 0 and n, unlike Wald)."""
     if n == 0:
@@ -230,8 +313,45 @@ def load_workflow_source(cfg: DictConfig) -> tuple[str, str]:
     return cfg.workflow.name, load_baseline(cfg.workflow.name)
 
 
+def eval_metrics(summary: dict[str, Any], prefix: str = "eval") -> dict[str, Any]:
+    """Scalar `eval/*` metrics of a `summarize` / `policy_summary` result."""
+    metrics = {
+        f"{prefix}/accuracy": summary["accuracy"],
+        f"{prefix}/accuracy_ci_low": summary["accuracy_ci95"][0],
+        f"{prefix}/accuracy_ci_high": summary["accuracy_ci95"][1],
+        f"{prefix}/n": summary["n"],
+        f"{prefix}/invalid": summary["invalid"],
+        f"{prefix}/timeouts": summary["timeouts"],
+        f"{prefix}/errors": sum(summary["errors"].values()),
+        f"{prefix}/mean_tokens": summary["mean_tokens"],
+        f"{prefix}/mean_llm_calls": summary["mean_llm_calls"],
+        f"{prefix}/wall_time_s": summary["wall_time_s"],
+    }
+    if summary["cost_usd"] is not None:
+        metrics[f"{prefix}/cost_usd"] = summary["cost_usd"]
+    if "valid_rate" in summary:
+        metrics[f"{prefix}/valid_rate"] = summary["valid_rate"]
+        for name, share in summary["operator_use"].items():
+            metrics[f"{prefix}/operator_use/{name}"] = share
+    return metrics
+
+
+def policy_sampling(temperature: float, max_tokens: int, seed: int) -> SamplingParams:
+    """How the policy writes workflows: greedy at temperature 0, else nucleus sampling."""
+    return SamplingParams(
+        temperature=float(temperature),
+        top_p=0.95 if temperature > 0 else 1.0,
+        max_new_tokens=int(max_tokens),
+        seed=int(seed),
+    )
+
+
 def run(cfg: DictConfig) -> float:
-    """Hydra entry point of `wfopt evaluate`; returns the accuracy (sweepers can optimize it)."""
+    """Hydra entry point of `wfopt evaluate`; returns the accuracy (sweepers can optimize it).
+
+    A fixed workflow (`workflow=NAME` / `workflow.path=FILE`), or with `policy=CHECKPOINT`
+    (or `policy=base`, the untrained model) workflows the policy writes for each problem.
+    """
     from hydra.core.hydra_config import HydraConfig
 
     from wfopt.datasets import load_dataset
@@ -241,38 +361,56 @@ def run(cfg: DictConfig) -> float:
 
     setup_runtime(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    label, source = load_workflow_source(cfg)
-    try:
-        workflow = parse_workflow(source)
-    except InvalidWorkflow as err:
-        raise SystemExit(f"workflow {label} is invalid: {err}") from None
+    policy_llm, workflow = None, None
+    if cfg.policy:
+        label = f"policy {cfg.policy}"
+        policy_llm = _load_policy(cfg)
+    else:
+        label, source = load_workflow_source(cfg)
+        try:
+            workflow = parse_workflow(source)
+        except InvalidWorkflow as err:
+            raise SystemExit(f"workflow {label} is invalid: {err}") from None
     dataset = load_dataset(cfg.dataset)
     problems = dataset.problems(cfg.dataset.split)
     where = f"{cfg.dataset.name}/{cfg.dataset.split}"
-    log.info("evaluating workflow %s on %d %s problems", label, len(problems), where)
+    log.info("evaluating %s on %d %s problems", label, len(problems), where)
 
     tracker = Tracker(
         run_dir, cfg.tracking, OmegaConf.to_container(cfg, resolve=True), job_type="evaluate"
     )
-    llm = build_executor(cfg.model, cfg.executor, cfg.hardware)
+    # the executor is the configured model, untrained: a policy checkpoint writes workflows only
+    shared = policy_llm if cfg.policy == "base" else None
+    llm = build_executor(cfg.model, cfg.executor, cfg.hardware, shared_local=shared)
     params = sampling_params(cfg.executor.sampling)
+    common = dict(
+        concurrency=cfg.concurrency,
+        max_operator_calls=cfg.workflow.max_operator_calls,
+        timeout_s=cfg.workflow.timeout_s,
+        show_progress=cfg.show_progress,
+        description=f"{label} on {cfg.dataset.name}",
+    )
 
     async def main() -> list[Record]:
         try:
-            return await evaluate_problems(
-                workflow,
-                problems,
-                dataset,
-                llm,
-                params,
-                concurrency=cfg.concurrency,
-                max_operator_calls=cfg.workflow.max_operator_calls,
-                timeout_s=cfg.workflow.timeout_s,
-                show_progress=cfg.show_progress,
-                description=f"{label} on {cfg.dataset.name}",
-            )
+            if policy_llm is not None:
+                return await evaluate_policy(
+                    problems,
+                    dataset,
+                    policy_llm,
+                    llm,
+                    policy_params=policy_sampling(
+                        cfg.policy_temperature, cfg.policy_max_tokens, cfg.seed
+                    ),
+                    executor_params=params,
+                    samples=cfg.policy_samples,
+                    **common,
+                )
+            return await evaluate_problems(workflow, problems, dataset, llm, params, **common)
         finally:
             await llm.aclose()
+            if policy_llm is not None and policy_llm is not shared:
+                await policy_llm.aclose()
 
     start = time.perf_counter()
     try:
@@ -282,10 +420,11 @@ def run(cfg: DictConfig) -> float:
         raise SystemExit(
             f"wfopt evaluate: the executor failed, no results written: {err}"
         ) from None
-    summary = summarize(records, time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    summary = policy_summary(records, wall) if policy_llm else summarize(records, wall)
     summary.update(
         workflow=label,
-        workflow_hash=workflow.hash,
+        workflow_hash=workflow.hash if workflow else None,
         dataset=cfg.dataset.name,
         split=cfg.dataset.split,
     )
@@ -294,23 +433,27 @@ def run(cfg: DictConfig) -> float:
         for record in records:
             f.write(json.dumps(asdict(record)) + "\n")
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    metrics = {
-        "eval/accuracy": summary["accuracy"],
-        "eval/accuracy_ci_low": summary["accuracy_ci95"][0],
-        "eval/accuracy_ci_high": summary["accuracy_ci95"][1],
-        "eval/n": summary["n"],
-        "eval/invalid": summary["invalid"],
-        "eval/timeouts": summary["timeouts"],
-        "eval/errors": sum(summary["errors"].values()),
-        "eval/mean_tokens": summary["mean_tokens"],
-        "eval/mean_llm_calls": summary["mean_llm_calls"],
-        "eval/wall_time_s": summary["wall_time_s"],
-    }
-    if summary["cost_usd"] is not None:
-        metrics["eval/cost_usd"] = summary["cost_usd"]
+    metrics = eval_metrics(summary)
     tracker.log(metrics, step=0)
     tracker.summary(metrics)
     tracker.finish()
     print_summary(f"{label} on {cfg.dataset.name}/{cfg.dataset.split}", summary)
     log.info("results in %s", run_dir)
     return float(summary["accuracy"])
+
+
+def _load_policy(cfg: DictConfig) -> Any:
+    """`policy=base`: the configured model untrained; else a checkpoint (or run) directory."""
+    from hydra.utils import to_absolute_path
+
+    from wfopt.policy import load_policy_llm
+
+    if cfg.policy == "base":
+        return load_policy_llm(cfg.model, cfg.hardware)
+    from wfopt.grpo.checkpoint import resolve_checkpoint
+
+    try:
+        checkpoint = resolve_checkpoint(to_absolute_path(cfg.policy))
+    except FileNotFoundError as err:
+        raise SystemExit(f"wfopt evaluate: policy={cfg.policy}: {err}") from None
+    return load_policy_llm(cfg.model, cfg.hardware, checkpoint)

@@ -168,3 +168,67 @@ def encode_prompt_and_response(
     prompt_ids = encode_prompt(prompt, tokenizer)
     response_ids = encode_response(response, tokenizer, add_eos)
     return prompt_ids + response_ids, [0] * len(prompt_ids) + [1] * len(response_ids)
+
+
+# -- the policy as a sampler ----------------------------------------------------------------
+
+
+def load_policy_llm(model_cfg: Any, hardware_cfg: Any, checkpoint: Any = None) -> Any:
+    """The policy behind the batched local backend, at `checkpoint` (a `wfopt train`/`loop`
+    checkpoint dir) or untrained (None). LoRA adapters are merged for fast sampling. Its
+    `name` carries the checkpoint, so cached responses of another policy version never match.
+    """
+    from pathlib import Path
+
+    from wfopt.llm.local import LocalLLM
+    from wfopt.models import load_causal_lm, load_tokenizer
+
+    if checkpoint is None:
+        return LocalLLM.from_config(model_cfg, hardware_cfg)
+    from wfopt.grpo.checkpoint import load_full_weights, read_summary
+
+    checkpoint = Path(checkpoint)
+    model = load_causal_lm(model_cfg, dtype=hardware_cfg.dtype, device=hardware_cfg.device)
+    if read_summary(checkpoint).get("lora"):
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(checkpoint / "model")).merge_and_unload()
+    else:
+        load_full_weights(model, checkpoint / "model")
+    return LocalLLM(
+        model.eval(),
+        load_tokenizer(model_cfg),
+        f"{model_cfg.name}@{checkpoint.name}-{_checkpoint_id(checkpoint)}",
+        max_batch_size=model_cfg.max_batch_size,
+        batch_wait_ms=model_cfg.batch_wait_ms,
+        chat_template=model_cfg.chat_template,
+    )
+
+
+def _checkpoint_id(checkpoint: Any) -> str:
+    """Short id of a checkpoint's weights: its path and its weight files' sizes and times."""
+    import hashlib
+
+    parts = [str(checkpoint.resolve())]
+    for file in sorted((checkpoint / "model").glob("*.safetensors")):
+        stat = file.stat()
+        parts.append(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:10]
+
+
+async def sample_workflows(
+    llm: Any, problem: str, params: Any, n: int = 1, first_index: int = 0
+) -> list[str]:
+    """`n` workflows the policy writes for `problem` from the training prompt (not validated).
+
+    `llm` offers `complete_text` (a `LocalLLM`, possibly behind the response cache); its
+    tokenizer's chat template is used when the backend uses one.
+    """
+    import asyncio
+
+    tokenizer = llm.tokenizer if getattr(llm, "chat_template", False) else None
+    prompt = build_policy_prompt(problem, tokenizer)
+    completions = await asyncio.gather(
+        *(llm.complete_text(prompt, params, first_index + i) for i in range(n))
+    )
+    return [workflow_from_completion(c.text) for c in completions]

@@ -20,7 +20,6 @@ node can be expanded, or (`mcts.early_stop_perfect`) once it holds a perfect wor
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import random
 from collections import Counter
@@ -30,7 +29,6 @@ from typing import Any
 
 from wfopt.evaluate import Record, execute
 from wfopt.llm.base import LLM, SamplingParams
-from wfopt.operators import OPERATOR_NAMES
 from wfopt.policy import Parent, build_policy_prompt, workflow_from_completion
 from wfopt.search.edits import propose_edit
 from wfopt.search.selection import aflow_choice, uct_choice
@@ -110,15 +108,6 @@ def failure_notes(records: Sequence[Record], limit: int = 300) -> str:
         parts += [f"{category} x{count}" for category, count in errors.most_common(3)]
         text = "; ".join(parts)
     return text[:limit]
-
-
-def operators_used(source: str) -> set[str]:
-    """Operator names a workflow calls (static)."""
-    return {
-        n.func.id
-        for n in ast.walk(ast.parse(source))
-        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in OPERATOR_NAMES
-    }
 
 
 def problem_evaluator(

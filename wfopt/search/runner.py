@@ -34,10 +34,10 @@ from wfopt.search.mcts import (
     TreeSearch,
     cost_penalized_reward,
     dataset_evaluator,
-    operators_used,
     problem_evaluator,
 )
 from wfopt.search.tree import Tree
+from wfopt.workflow import operators_used
 
 log = logging.getLogger(__name__)
 
@@ -365,10 +365,30 @@ async def search_problems(
     return report
 
 
+def policy_proposer(cfg: DictConfig, policy: Any, executor: Any = None) -> PolicyProposer:
+    """Proposals from the local `policy`, through the response cache when enabled (reusing the
+    executor's cache when the executor is that very model)."""
+    from wfopt.llm import CachedLLM
+
+    if isinstance(executor, CachedLLM) and executor.inner is policy:
+        llm: Any = executor
+    elif cfg.executor.cache:
+        llm = CachedLLM(policy, cfg.executor.cache_path)
+    else:
+        llm = policy
+    params = SamplingParams(
+        temperature=float(cfg.mcts.proposal_temperature),
+        top_p=0.95,
+        max_new_tokens=int(cfg.mcts.proposal_max_tokens),
+        seed=int(cfg.seed),
+    )
+    return PolicyProposer(llm, params, policy.tokenizer if policy.chat_template else None)
+
+
 def build_search_llms(cfg: DictConfig, policy: Any = None) -> tuple[Any, PolicyProposer | None]:
     """(executor, proposer): the executor per `executor.backend`, and the policy proposer when
     `mcts.proposer=policy`. `policy`: an already loaded `LocalLLM` to reuse."""
-    from wfopt.llm import CachedLLM, build_executor
+    from wfopt.llm import build_executor
     from wfopt.llm.local import LocalLLM
 
     needs_policy = cfg.mcts.proposer == "policy" or cfg.executor.backend != "openai"
@@ -377,20 +397,7 @@ def build_search_llms(cfg: DictConfig, policy: Any = None) -> tuple[Any, PolicyP
     executor = build_executor(cfg.model, cfg.executor, cfg.hardware, shared_local=policy)
     if cfg.mcts.proposer != "policy":
         return executor, None
-    if isinstance(executor, CachedLLM) and executor.inner is policy:
-        policy_llm: Any = executor
-    elif cfg.executor.cache:
-        policy_llm = CachedLLM(policy, cfg.executor.cache_path)
-    else:
-        policy_llm = policy
-    params = SamplingParams(
-        temperature=float(cfg.mcts.proposal_temperature),
-        top_p=0.95,
-        max_new_tokens=int(cfg.mcts.proposal_max_tokens),
-        seed=int(cfg.seed),
-    )
-    tokenizer = policy.tokenizer if policy.chat_template else None
-    return executor, PolicyProposer(policy_llm, params, tokenizer)
+    return executor, policy_proposer(cfg, policy, executor)
 
 
 def resolve_resume(resume: str | None, run_dir: Path) -> Path:

@@ -1,0 +1,495 @@
+"""`wfopt loop`: search -> train -> held-out evaluation, episode after episode, resumable.
+
+Before the first episode the untrained policy and a fixed baseline workflow are scored on the
+held-out problems, so every run shows its own before/after. Episode e then:
+
+1. search: the next `loop.problems_per_episode` training problems (a seeded order), one tree
+   each, the current policy proposing children; the policy also writes
+   `loop.policy_samples` workflows per problem from the training prompt as the root's first
+   children (its invalid ones join the group at reward 0): the feedback loop;
+2. train: GRPO on this episode's trajectories (plus `loop.replay_episodes` earlier ones),
+   continuing from the previous episode's weights and optimizer state;
+3. evaluate: the new policy writes a workflow for each held-out problem; valid rate,
+   accuracy, cost and operator use are logged as `eval/*`;
+4. checkpoint: `state.json` (episode, problem cursor, policy checkpoint, global train step,
+   W&B run id, the results table) is replaced atomically.
+
+The executor is the configured model, frozen: only the policy learns, so rewards of later
+episodes measure better workflows, not a different executor (and cached executor responses
+stay valid). A killed run continues with `resume=RUN_DIR`: finished search problems are kept
+(one flushed line each), a finished training is not repeated, and the W&B run is resumed.
+
+Layout of a run directory:
+
+    state.json                     where the loop stands (written atomically)
+    episodes/000/trajectories.jsonl   that episode's groups (the `wfopt train` format)
+    episodes/000/trees/*.json         its search trees
+    checkpoints/step-NNNNNN/          policy checkpoints (see grpo/checkpoint.py)
+    eval/<label>.jsonl                per-problem records of every held-out evaluation
+    metrics.jsonl, results.json       all metrics; the final table
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from wfopt.evaluate import (
+    eval_metrics,
+    evaluate_policy,
+    evaluate_problems,
+    policy_sampling,
+    policy_summary,
+    summarize,
+)
+from wfopt.llm.base import LLMError
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+
+
+class LoopError(RuntimeError):
+    """A loop that cannot start or go on; the message says what to do."""
+
+
+# ------------------------------------------------------------------------------------ state
+
+
+def new_state() -> dict[str, Any]:
+    return {
+        "episode": 0,  # episodes completed
+        "cursor": 0,  # training problems consumed
+        "checkpoint": None,  # the current policy (None: untrained)
+        "train_step": 0,  # optimizer steps so far (W&B step of the next metrics)
+        "trained": None,  # {"episode", "checkpoint", "train_step"}: trained, not yet evaluated
+        "wandb_run_id": None,
+        "results": [],  # one row per held-out evaluation (the final table)
+    }
+
+
+def save_state(run_dir: Path, state: dict[str, Any]) -> None:
+    """Write `state.json` atomically: a reader sees the old state or the new, never a mix."""
+    tmp = run_dir / f".{STATE_FILE}.tmp"
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(state, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, run_dir / STATE_FILE)
+
+
+def load_state(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / STATE_FILE
+    if not path.is_file():
+        raise LoopError(f"resume={run_dir}: no {STATE_FILE} there (not a wfopt loop run?)")
+    try:
+        return {**new_state(), **json.loads(path.read_text())}
+    except json.JSONDecodeError as err:
+        raise LoopError(f"{path}: unreadable ({err})") from None
+
+
+def episode_problems(problems: list[Any], seed: int, start: int, count: int) -> list[Any]:
+    """`count` problems from position `start` of a seeded permutation (wrapping around)."""
+    order = list(range(len(problems)))
+    random.Random(seed).shuffle(order)
+    return [problems[order[(start + i) % len(order)]] for i in range(count)]
+
+
+# ----------------------------------------------------------------------------------- plan
+
+
+def plan(cfg: DictConfig, n_train: int | None = None, n_eval: int | None = None) -> dict:
+    """Budgets and upper bounds on LLM calls, from the config alone."""
+    lp, m = cfg.loop, cfg.mcts
+    per_tree_evals = 1 + m.iterations + lp.policy_samples
+    per_tree_proposals = lp.policy_samples + m.iterations * (1 + m.max_invalid_retries)
+    problems = lp.episodes * lp.problems_per_episode
+    runs = problems * per_tree_evals * m.rollouts
+    evals = (lp.episodes + 1) * lp.eval_problems * lp.eval_samples
+    return {
+        "episodes": lp.episodes,
+        "training problems per episode": lp.problems_per_episode,
+        "training problems available": n_train,
+        "held-out problems": f"{lp.eval_problems} ({cfg.dataset.name}/{lp.eval_split}"
+        + (f", {n_eval} available)" if n_eval is not None else ")"),
+        "workflow evaluations per tree (max)": per_tree_evals,
+        "workflow runs, all episodes (max)": runs,
+        "executor calls, search (max)": runs * m.max_operator_calls,
+        "policy samples, search (max)": problems * per_tree_proposals,
+        "policy samples, held-out evaluations": evals,
+        "GRPO steps per episode": cfg.grpo.max_steps if cfg.grpo.max_steps else "all samples",
+        "policy": f"{cfg.model.name} ({cfg.model.path}), LoRA={cfg.model.lora.enabled}",
+        "executor": f"{cfg.executor.backend}"
+        + (f" {cfg.executor.model} at {cfg.executor.base_url}" if cfg.executor.base_url else ""),
+        "hardware": f"{cfg.hardware.device} {cfg.hardware.dtype}, "
+        f"distributed={cfg.hardware.distributed} x{cfg.hardware.num_processes}",
+    }
+
+
+def print_plan(rows: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="wfopt loop plan (dry run: nothing loaded)", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    for key, value in rows.items():
+        table.add_row(key, "-" if value is None else str(value))
+    Console().print(table)
+
+
+# ------------------------------------------------------------------------------ the loop
+
+
+class Loop:
+    """One loop run: its config, directory, state, dataset, models and tracker."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, state: dict[str, Any]) -> None:
+        from wfopt.datasets import load_dataset
+        from wfopt.llm import build_executor, sampling_params
+        from wfopt.policy import load_policy_llm
+        from wfopt.tracking import Tracker
+
+        self.cfg, self.run_dir, self.state = cfg, run_dir, state
+        lp = cfg.loop
+        self.dataset = load_dataset(cfg.dataset)
+        self.train_problems = self.dataset.problems("train")
+        self.eval_problems = self.dataset.problems(lp.eval_split)[: lp.eval_problems]
+        if not self.train_problems or not self.eval_problems:
+            raise LoopError(
+                f"{cfg.dataset.name}: {len(self.train_problems)} train and "
+                f"{len(self.eval_problems)} {lp.eval_split} problems; the loop needs both"
+            )
+        self.tracker = Tracker(
+            run_dir,
+            cfg.tracking,
+            OmegaConf.to_container(cfg, resolve=True),
+            job_type="loop",
+            run_id=state["wandb_run_id"],
+        )
+        state["wandb_run_id"] = self.tracker.wandb_run_id
+        # the frozen executor: the configured model (shared with the untrained policy)
+        self.base = (
+            None if cfg.executor.backend == "openai" else load_policy_llm(cfg.model, cfg.hardware)
+        )
+        self.executor = build_executor(
+            cfg.model, cfg.executor, cfg.hardware, shared_local=self.base
+        )
+        self.executor_params = sampling_params(cfg.executor.sampling)
+        self.policy = self._load_policy(state["checkpoint"])
+
+    def _load_policy(self, checkpoint: str | None) -> Any:
+        from wfopt.policy import load_policy_llm
+
+        if checkpoint is None:
+            return self.base or load_policy_llm(self.cfg.model, self.cfg.hardware)
+        return load_policy_llm(self.cfg.model, self.cfg.hardware, Path(checkpoint))
+
+    def _cached(self, llm: Any) -> Any:
+        from wfopt.llm import CachedLLM
+
+        if not self.cfg.executor.cache:
+            return llm
+        if isinstance(self.executor, CachedLLM) and self.executor.inner is llm:
+            return self.executor
+        return CachedLLM(llm, self.cfg.executor.cache_path)
+
+    # -- phases ------------------------------------------------------------------------------
+
+    async def evaluate_policy(self, label: str) -> dict[str, Any]:
+        lp = self.cfg.loop
+        start = time.perf_counter()
+        records = await evaluate_policy(
+            self.eval_problems,
+            self.dataset,
+            self._cached(self.policy),
+            self.executor,
+            policy_params=policy_sampling(lp.eval_temperature, lp.policy_max_tokens, self.cfg.seed),
+            executor_params=self.executor_params,
+            samples=lp.eval_samples,
+            max_operator_calls=self.cfg.mcts.max_operator_calls,
+            timeout_s=self.cfg.mcts.timeout_s,
+            show_progress=self.cfg.show_progress,
+            description=f"held-out: {label}",
+        )
+        self._write_records(label, records)
+        return policy_summary(records, time.perf_counter() - start)
+
+    async def evaluate_baseline(self) -> dict[str, Any]:
+        from wfopt.baselines import load_baseline
+
+        name = self.cfg.loop.baseline_workflow
+        start = time.perf_counter()
+        records = await evaluate_problems(
+            load_baseline(name),
+            self.eval_problems,
+            self.dataset,
+            self.executor,
+            self.executor_params,
+            max_operator_calls=self.cfg.mcts.max_operator_calls,
+            timeout_s=self.cfg.mcts.timeout_s,
+            show_progress=self.cfg.show_progress,
+            description=f"held-out: baseline {name}",
+        )
+        self._write_records(f"baseline-{name}", records)
+        return summarize(records, time.perf_counter() - start)
+
+    def _write_records(self, label: str, records: list[Any]) -> None:
+        from dataclasses import asdict
+
+        out = self.run_dir / "eval"
+        out.mkdir(exist_ok=True)
+        tmp = out / f".{label}.tmp"
+        tmp.write_text("".join(json.dumps(asdict(r)) + "\n" for r in records))
+        os.replace(tmp, out / f"{label}.jsonl")
+
+    async def search(self, episode: int) -> Path:
+        from wfopt.search.runner import finished_problem_ids, policy_proposer, search_problems
+
+        lp = self.cfg.loop
+        episode_dir = self.run_dir / "episodes" / f"{episode:03d}"
+        out = episode_dir / "trajectories.jsonl"
+        problems = episode_problems(
+            self.train_problems, self.cfg.seed, self.state["cursor"], lp.problems_per_episode
+        )
+        done = finished_problem_ids(out)
+        todo = [p for p in problems if str(p.id) not in done]
+        if done:
+            log.info(
+                "episode %d: %d problems already searched, %d to go", episode, len(done), len(todo)
+            )
+        cfg = OmegaConf.merge(self.cfg, {"mcts": {"policy_samples": lp.policy_samples}})
+        proposer = None
+        if cfg.mcts.proposer == "policy":
+            proposer = policy_proposer(cfg, self.policy, self.executor)
+        report = await search_problems(
+            todo,
+            dataset=self.dataset,
+            dataset_name=cfg.dataset.name,
+            split="train",
+            executor=self.executor,
+            params=self.executor_params,
+            proposer=proposer,
+            cfg=cfg,
+            out_path=out,
+            trees_dir=episode_dir / "trees",
+            show_progress=cfg.show_progress,
+        )
+        if report.problems:
+            metrics = report.metrics()
+            self.tracker.log({**metrics, "loop/episode": episode}, step=self.state["train_step"])
+        return out
+
+    def train(self, episode: int) -> None:
+        from wfopt.grpo.data import read_trajectories
+        from wfopt.grpo.train import TrainingError, train_policy
+
+        files = [
+            self.run_dir / "episodes" / f"{e:03d}" / "trajectories.jsonl"
+            for e in range(max(0, episode - self.cfg.loop.replay_episodes), episode + 1)
+        ]
+        trajectories = [t for f in files if f.is_file() for t in read_trajectories(f)]
+        try:
+            result = train_policy(
+                self.cfg,
+                trajectories,
+                self.run_dir,
+                init_checkpoint=self.state["checkpoint"],
+                tracker=self.tracker,
+                show_progress=self.cfg.show_progress,
+                checkpoint_info={"episode": episode, "trajectories": [str(f) for f in files]},
+            )
+        except TrainingError as err:
+            raise LoopError(f"episode {episode}: training failed: {err}") from None
+        self.state["trained"] = {
+            "episode": episode,
+            "checkpoint": str(result.checkpoint),
+            "train_step": result.step,
+        }
+        save_state(self.run_dir, self.state)
+
+    # -- the whole run -----------------------------------------------------------------------
+
+    def record(self, row: dict[str, Any]) -> None:
+        self.state["results"].append(row)
+        save_state(self.run_dir, self.state)
+        with (self.run_dir / "results.json").open("w") as f:
+            json.dump(self.state["results"], f, indent=2)
+
+    async def run(self) -> None:
+        state, lp = self.state, self.cfg.loop
+        labels = {row["label"] for row in state["results"]}
+        if f"baseline {lp.baseline_workflow}" not in labels:
+            summary = await self.evaluate_baseline()
+            self.tracker.log(eval_metrics(summary, "eval_baseline"), step=0)
+            self.record(_row(f"baseline {lp.baseline_workflow}", -1, summary))
+        if "untrained policy" not in labels:
+            summary = await self.evaluate_policy("untrained")
+            self.tracker.log(eval_metrics(summary), step=0)
+            self.record(_row("untrained policy", 0, summary))
+        while state["episode"] < lp.episodes:
+            episode = state["episode"]
+            log.info("episode %d/%d", episode + 1, lp.episodes)
+            if state["trained"] is None:
+                await self.search(episode)
+                await self._release_policy()
+                self.train(episode)
+            trained = state["trained"]
+            self.policy = self._load_policy(trained["checkpoint"])
+            summary = await self.evaluate_policy(f"episode-{episode + 1}")
+            state["train_step"] = trained["train_step"]
+            self.tracker.log(
+                {**eval_metrics(summary), "loop/episode": episode + 1}, step=state["train_step"]
+            )
+            state.update(
+                episode=episode + 1,
+                cursor=state["cursor"] + lp.problems_per_episode,
+                checkpoint=trained["checkpoint"],
+                trained=None,
+            )
+            self.record(_row(f"episode {episode + 1}", episode + 1, summary))
+
+    async def _release_policy(self) -> None:
+        """Free a trained policy's memory before training loads the weights again."""
+        if self.policy is not self.base:
+            await self.policy.aclose()
+            self.policy = self.base
+
+    async def close(self) -> None:
+        await self.executor.aclose()
+        if self.policy is not self.base and self.policy is not None:
+            await self.policy.aclose()
+
+
+def _row(label: str, episode: int, summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "label": label,
+        "episode": episode,
+        "n": summary["n"],
+        "valid_rate": summary.get("valid_rate"),
+        "valid_rate_ci95": summary.get("valid_rate_ci95"),
+        "accuracy": summary["accuracy"],
+        "accuracy_ci95": summary["accuracy_ci95"],
+        "mean_tokens": summary["mean_tokens"],
+        "cost_usd": summary["cost_usd"],
+        "operator_use": summary.get("operator_use"),
+        "wall_time_s": summary["wall_time_s"],
+    }
+
+
+def print_results(rows: list[dict[str, Any]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("", "valid rate (95% CI)", "accuracy (95% CI)", "mean tokens", "n"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        valid = "-"
+        if row["valid_rate"] is not None:
+            low, high = row["valid_rate_ci95"]
+            valid = f"{row['valid_rate']:.2f} [{low:.2f}, {high:.2f}]"
+        low, high = row["accuracy_ci95"]
+        table.add_row(
+            row["label"],
+            valid,
+            f"{row['accuracy']:.2f} [{low:.2f}, {high:.2f}]",
+            f"{row['mean_tokens']:.0f}",
+            str(row["n"]),
+        )
+    Console().print(table)
+
+
+def check_loop_config(cfg: DictConfig) -> None:
+    from wfopt.grpo.train import TrainingError, check_config
+    from wfopt.search.runner import check_mcts_config
+
+    lp = cfg.loop
+    problems = [
+        f"loop.{k}={lp[k]} (must be >= 1)"
+        for k in ("episodes", "problems_per_episode", "eval_problems", "eval_samples")
+        if lp[k] < 1
+    ]
+    problems += [
+        f"loop.{k}={lp[k]} (must be >= 0)"
+        for k in ("policy_samples", "replay_episodes")
+        if lp[k] < 0
+    ]
+    if problems:
+        raise LoopError("invalid loop config: " + "; ".join(problems))
+    check_mcts_config(cfg.mcts)
+    try:
+        check_config(cfg.grpo)
+    except TrainingError as err:
+        raise LoopError(str(err)) from None
+
+
+def run(cfg: DictConfig) -> float:
+    """Hydra entry point of `wfopt loop`; returns the last held-out accuracy."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import to_absolute_path
+
+    from wfopt.runtime import setup_runtime
+    from wfopt.search.runner import SearchError
+
+    setup_runtime(cfg)
+    try:
+        check_loop_config(cfg)
+        if cfg.dry_run:
+            from wfopt.datasets import load_dataset
+
+            dataset = load_dataset(cfg.dataset)
+            print_plan(
+                plan(
+                    cfg, len(dataset.problems("train")), len(dataset.problems(cfg.loop.eval_split))
+                )
+            )
+            return 0.0
+        if cfg.resume:
+            run_dir = Path(to_absolute_path(cfg.resume))
+            state = load_state(run_dir)
+            log.info("resuming %s after episode %d", run_dir, state["episode"])
+        else:
+            run_dir = Path(HydraConfig.get().runtime.output_dir)
+            state = new_state()
+        loop = Loop(cfg, run_dir, state)
+        save_state(run_dir, state)
+    except (LoopError, SearchError, FileNotFoundError, KeyError, ValueError) as err:
+        raise SystemExit(f"wfopt loop: {err}") from None
+
+    async def main() -> None:
+        try:
+            await loop.run()
+        finally:
+            await loop.close()
+
+    start = time.perf_counter()
+    try:
+        asyncio.run(main())
+    except LLMError as err:
+        loop.tracker.finish()
+        raise SystemExit(
+            f"wfopt loop: episode {state['episode'] + 1} failed, the executor is unreachable: "
+            f"{err}\nNothing is half-written; continue with resume={run_dir}"
+        ) from None
+    except (LoopError, SearchError) as err:
+        loop.tracker.finish()
+        raise SystemExit(f"wfopt loop: {err}\ncontinue with resume={run_dir}") from None
+    rows = state["results"]
+    loop.tracker.summary(
+        {"loop/wall_time_s": time.perf_counter() - start, "loop/episodes": state["episode"]}
+    )
+    loop.tracker.finish()
+    print_results(
+        rows, f"held-out {cfg.dataset.name}/{cfg.loop.eval_split}: policy-written workflows"
+    )
+    log.info("loop finished: %s", run_dir)
+    return float(rows[-1]["accuracy"]) if rows else 0.0
