@@ -491,6 +491,21 @@ def parse_workflow(source: str, operator_names: frozenset[str] | None = None) ->
     return Workflow(source=source, canonical_source=canonical, hash=digest, code=code)
 
 
+def operators_used(source: str) -> set[str]:
+    """Operator names a workflow's source calls (static; empty if it does not parse)."""
+    from wfopt.operators import OPERATOR_NAMES
+
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError):
+        return set()
+    return {
+        n.func.id
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in OPERATOR_NAMES
+    }
+
+
 def canonical_hash(source: str) -> str:
     return parse_workflow(source).hash
 
