@@ -1,0 +1,202 @@
+"""`wfopt loop`: state, plan, and real runs of the whole loop on the embedded model,
+including a SIGKILL mid-episode and a resume, and an executor outage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from wfopt.loop import (
+    LoopError,
+    episode_problems,
+    load_state,
+    new_state,
+    plan,
+    save_state,
+)
+
+WFOPT = Path(sys.executable).with_name("wfopt")
+
+# the smallest loop that still does everything: 2 episodes x 2 problems, 2 held-out problems
+TINY = [
+    "loop.episodes=2",
+    "loop.problems_per_episode=2",
+    "loop.eval_problems=2",
+    "loop.policy_samples=1",
+    "loop.policy_max_tokens=40",
+    "mcts.iterations=1",
+    "mcts.max_invalid_retries=0",
+    "mcts.proposal_max_tokens=40",
+    "executor.sampling.max_new_tokens=32",
+    "dataset.num_problems=60",
+    "grpo.max_steps=1",
+    "grpo.micro_batch_size=2",
+    "hardware.num_threads=1",
+]
+
+
+def test_state_is_saved_atomically_and_read_back(tmp_path):
+    state = new_state()
+    state.update(episode=3, cursor=18, checkpoint="/x/step-000004", wandb_run_id="abc")
+    save_state(tmp_path, state)
+    assert load_state(tmp_path) == state
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp file left
+    (tmp_path / "state.json").write_text("{broken")
+    with pytest.raises(LoopError, match="unreadable"):
+        load_state(tmp_path)
+    with pytest.raises(LoopError, match=r"no state\.json"):
+        load_state(tmp_path / "missing")
+
+
+def test_episode_problems_follow_one_seeded_order_and_wrap():
+    problems = list(range(10))
+    first = episode_problems(problems, seed=1, start=0, count=4)
+    second = episode_problems(problems, seed=1, start=4, count=4)
+    third = episode_problems(problems, seed=1, start=8, count=4)
+    assert len(set(first + second)) == 8  # consecutive episodes never repeat a problem
+    assert third[2:] == first[:2]  # past the end: wraps around to the start
+    assert episode_problems(problems, seed=1, start=0, count=4) == first
+    assert episode_problems(problems, seed=2, start=0, count=4) != first
+
+
+def test_plan_counts_by_hand():
+    cfg = OmegaConf.create(
+        {
+            "loop": {
+                "episodes": 3,
+                "problems_per_episode": 5,
+                "eval_problems": 10,
+                "eval_samples": 2,
+                "eval_split": "test",
+                "policy_samples": 4,
+            },
+            "mcts": {
+                "iterations": 6,
+                "max_invalid_retries": 2,
+                "rollouts": 2,
+                "max_operator_calls": 20,
+            },
+            "grpo": {"max_steps": None},
+            "dataset": {"name": "arithmetic"},
+            "model": {"name": "m", "path": "p", "lora": {"enabled": False}},
+            "executor": {"backend": "same_as_policy", "base_url": None},
+            "hardware": {
+                "device": "cpu",
+                "dtype": "float32",
+                "distributed": "no",
+                "num_processes": 1,
+            },
+        }
+    )
+    rows = plan(cfg)
+    assert rows["workflow evaluations per tree (max)"] == 1 + 6 + 4
+    assert rows["workflow runs, all episodes (max)"] == 15 * 11 * 2
+    assert rows["policy samples, search (max)"] == 15 * (4 + 6 * 3)
+    assert rows["policy samples, held-out evaluations"] == 4 * 10 * 2
+
+
+def test_dry_run_prints_the_plan_and_loads_nothing(cli, tmp_path):
+    run = tmp_path / "dry"
+    result = cli("loop", "dry_run=true", "model=qwen2_7b", f"hydra.run.dir={run}")
+    assert "wfopt loop plan" in result.stdout and "qwen2_7b" in result.stdout
+    assert not (run / "state.json").exists()
+
+
+def test_bad_loop_config_is_a_clear_error(cli):
+    result = cli("loop", "loop.episodes=0", "dry_run=true", expect_ok=False)
+    assert result.returncode != 0 and "loop.episodes=0 (must be >= 1)" in result.stderr
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_loop_killed_mid_episode_resumes_without_loss_or_duplicates(cli, tmp_path):
+    run = tmp_path / "run"
+    cache = tmp_path / "responses.sqlite"
+    args = [*TINY, f"executor.cache_path={cache}"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.Popen(
+        [str(WFOPT), "loop", *args, f"hydra.run.dir={run}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    first_episode = run / "episodes" / "000" / "trajectories.jsonl"
+    deadline = time.monotonic() + 600
+    try:
+        while not (first_episode.is_file() and first_episode.read_text().count("\n") >= 1):
+            assert proc.poll() is None, "the loop ended before it could be killed"
+            assert time.monotonic() < deadline, "no trajectory written in time"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, mid-episode
+        proc.wait()
+    killed = load_state(run)
+    assert killed["episode"] == 0 and killed["trained"] is None
+    searched_before = {r["problem_id"] for r in _lines(first_episode)}
+
+    cli("loop", *args, f"resume={run}", f"hydra.run.dir={tmp_path / 'resumed'}")
+    state = load_state(run)
+    assert state["episode"] == 2 and state["trained"] is None
+    assert state["wandb_run_id"] == killed["wandb_run_id"]  # the same W&B run, resumed
+    for episode in ("000", "001"):
+        ids = [r["problem_id"] for r in _lines(run / "episodes" / episode / "trajectories.jsonl")]
+        assert len(ids) == len(set(ids)) == 2  # nothing lost, nothing twice
+    after = {r["problem_id"]: r for r in _lines(first_episode)}
+    assert searched_before <= set(after)
+    labels = [row["label"] for row in state["results"]]
+    assert labels == ["baseline io", "untrained policy", "episode 1", "episode 2"]
+    assert Path(state["checkpoint"]).is_dir()
+    metrics = _lines(run / "metrics.jsonl")
+    assert any("train/pg_loss" in m for m in metrics)
+    assert any("eval/valid_rate" in m for m in metrics)
+
+    # the trained policy can be scored on its own
+    result = cli(
+        "evaluate",
+        f"policy={run}",
+        "dataset.limit=2",
+        "dataset.num_problems=60",
+        "policy_max_tokens=40",
+        "executor.sampling.max_new_tokens=32",
+        f"executor.cache_path={cache}",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+    )
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["n"] == 2 and 0.0 <= summary["valid_rate"] <= 1.0, result.stdout
+
+
+def test_executor_outage_fails_the_episode_clearly(cli, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "run"
+    result = cli(
+        "loop",
+        *TINY,
+        "executor=openai",
+        "executor.model=m",
+        f"executor.base_url=http://127.0.0.1:{port}/v1",
+        "executor.max_retries=1",
+        "executor.timeout_s=2",
+        "executor.cache=false",
+        f"hydra.run.dir={run}",
+        expect_ok=False,
+    )
+    assert result.returncode != 0
+    assert "executor is unreachable" in result.stderr and f"resume={run}" in result.stderr
+    state = load_state(run)
+    assert state["episode"] == 0 and state["results"] == []
+    assert not (run / "episodes").exists()
