@@ -213,9 +213,10 @@ def test_invalid_only_policy_still_yields_groups():
     assert len(search.tree) == 4 and search.stats.invalid == search.stats.proposals
     assert len(evaluator.hashes) == len(set(evaluator.hashes)) == 4
     record = trajectory_record(_problem(), search, "arithmetic", "train")
-    # seed + 3 edits, then the 2 invalid samples of the training prompt at reward 0
+    # seed + 3 edits, then the 2 invalid samples of the training prompt at mcts.invalid_reward
     assert record["sources"][:4] == ["seed"] + [n.origin for n in search.tree.nodes[1:]]
     assert record["sources"][4:] == ["invalid_sample"] * 2
+    assert record["rewards"][4:] == [-1.0, -1.0] and min(record["rewards"][:4]) >= 0
     assert len(record["workflow_codes"]) == len(record["rewards"]) == 6
     without = trajectory_record(_problem(), search, "arithmetic", "train", keep_invalid=False)
     assert len(without["workflow_codes"]) == 4

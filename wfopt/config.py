@@ -118,7 +118,9 @@ class MCTSConfig:
     proposal_temperature: float = 1.0  # policy sampling for proposals
     proposal_max_tokens: int = 160  # a workflow body rarely needs more
     policy_samples: int = 0  # workflows sampled from the policy's training prompt per tree
-    keep_invalid_samples: bool = True  # invalid policy samples join the group (reward 0)
+    keep_invalid_samples: bool = True  # invalid policy samples join the group ...
+    invalid_reward: float = -1.0  # ... at this reward: below any valid workflow's, so GRPO
+    # learns to write valid code even while valid workflows still score 0
     early_stop_perfect: bool = True  # stop a tree once it holds a workflow scoring 1
     cost_weight: float = 0.0  # reward = score - cost_weight * min(1, tokens / cost_scale_tokens)
     cost_scale_tokens: int = 2048  # mean tokens per run that count as cost 1

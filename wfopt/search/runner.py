@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import random
 import re
 import time
@@ -32,7 +31,6 @@ from wfopt.search.mcts import (
     PolicyProposer,
     SearchStats,
     TreeSearch,
-    cost_penalized_reward,
     dataset_evaluator,
     problem_evaluator,
 )
@@ -55,12 +53,12 @@ def trajectory_record(
     problem: Any, search: TreeSearch, dataset: str, split: str, keep_invalid: bool = True
 ) -> dict[str, Any]:
     """One problem's group, in the schema `wfopt train` reads (grpo/data.py): every tree node,
-    then (`keep_invalid`) the policy's own samples that failed validation, with the reward of
-    a score of 0 at the highest cost (GRPO then pushes the policy away from invalid code)."""
+    then (`keep_invalid`) the policy's own samples that failed validation, at reward
+    `mcts.invalid_reward` (GRPO then pushes the policy away from invalid code)."""
     nodes = search.tree.nodes
     runs = [max(n.ledger.get("runs", 1), 1) for n in nodes]
     invalid = search.invalid_samples if keep_invalid else []
-    invalid_reward = cost_penalized_reward(0.0, math.inf, search.cfg.cost_weight, 1.0)
+    invalid_reward = float(search.cfg.invalid_reward)
     return {
         "problem": problem.question,
         "problem_id": problem.id,
