@@ -9,8 +9,11 @@ Public API:
 - `token_log_probs`, `token_log_probs_from_hidden` (`logprobs.py`): response-token log-probs
   and entropies without a `[B, T, V]` log-softmax.
 - `TrajectoryDataset`, `read_trajectories`, `collate_samples`, `TrajectoryError` (`data.py`).
-- `GRPOTrainer` (`trainer.py`), checkpoints (`checkpoint.py`), `run` (`cli_entry.py`: the Hydra
-  entry point of `wfopt train`).
+- `GRPOTrainer` (`trainer.py`), checkpoints (`checkpoint.py`).
+- `train_policy`, `TrainResult`, `TrainingError` (`train.py`): a whole training run on a list of
+  trajectories, in-process (`wfopt loop` calls it once per episode); multi-process through
+  `accelerate` (`distributed.py`).
+- `run` (`cli_entry.py`): the Hydra entry point of `wfopt train`.
 """
 
 from __future__ import annotations
@@ -33,12 +36,15 @@ from wfopt.grpo.losses import (
     policy_loss,
     register_loss_aggregation,
 )
+from wfopt.grpo.train import TrainingError, TrainResult, train_policy
 from wfopt.grpo.trainer import GRPOTrainer
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "LOSS_AGGREGATIONS",
     "GRPOTrainer",
+    "TrainResult",
+    "TrainingError",
     "TrajectoryDataset",
     "TrajectoryError",
     "collate_samples",
@@ -55,4 +61,5 @@ __all__ = [
     "run",
     "token_log_probs",
     "token_log_probs_from_hidden",
+    "train_policy",
 ]

@@ -36,13 +36,27 @@ def _make_serializable(model: nn.Module) -> None:
         del config.quantization_config
 
 
-def save_policy(model: nn.Module, tokenizer: Any, directory: Path) -> None:
-    """Adapter (PEFT) or full weights + tokenizer into `directory` (a loadable model dir)."""
+def save_policy(
+    model: nn.Module,
+    tokenizer: Any,
+    directory: Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Adapter (PEFT) or full weights + tokenizer into `directory` (a loadable model dir).
+
+    `state_dict`: the weights to write instead of the model's own (gathered from a sharded
+    model; PEFT keeps only the adapter entries of it)."""
     target = model.get_base_model() if hasattr(model, "get_base_model") else model
     _make_serializable(target)
-    model.save_pretrained(str(directory), safe_serialization=True)
+    kwargs = {} if state_dict is None else {"state_dict": state_dict}
+    model.save_pretrained(str(directory), safe_serialization=True, **kwargs)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
+
+
+def checkpoint_path(root: str | Path, step: int) -> Path:
+    """Where `save_checkpoint` puts the checkpoint of optimizer step `step`."""
+    return Path(root) / f"step-{step:06d}"
 
 
 def save_checkpoint(
@@ -51,15 +65,17 @@ def save_checkpoint(
     tokenizer: Any,
     trainer_state: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write `root/step-NNNNNN` atomically and point `root/latest` at it; returns its path."""
+    """Write `root/step-NNNNNN` atomically and point `root/latest` at it; returns its path.
+    `state_dict`: weights to save instead of the model's own (see `save_policy`)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     step = int(trainer_state["step"])
-    final = root / f"step-{step:06d}"
+    final = checkpoint_path(root, step)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:06d}-", dir=root))
     try:
-        save_policy(model, tokenizer, tmp / "model")
+        save_policy(model, tokenizer, tmp / "model", state_dict)
         torch.save(trainer_state, tmp / STATE_FILE)
         summary = {
             "step": step,

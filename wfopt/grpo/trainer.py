@@ -9,6 +9,16 @@ log-probs (when `num_iterations > 1`) and the reference log-probs (when `beta > 
 batch, then runs `num_iterations` steps on it. `fit` loops over epochs in a seeded order that a
 resumed run reproduces.
 
+Distributed (an `accelerate.Accelerator` on N processes: DDP, FSDP or DeepSpeed): every rank
+walks the same global batches (`micro_batch_size * grad_accum_steps * N` samples each) and
+trains on a disjoint shard of each one (rows `rank, rank + N, ...`). The normalizers (response
+tokens, sequences) are those of the whole global batch, which every rank knows, and each rank's
+loss is multiplied by N to undo the gradient averaging of the all-reduce: the synchronized
+gradient is the sum of every rank's additive share, i.e. exactly the single-process gradient of
+the global batch. Every rank runs the same number of micro-batches (a rank whose shard runs out
+runs zero-weight dummies), so the collectives of DDP/FSDP/DeepSpeed line up; only the last
+micro-batch of a step synchronizes gradients.
+
 Log-probs come from the backbone's last hidden states through the fused, chunked LM-head
 projection of `wfopt.grpo.logprobs` (only response positions are projected; logits are never
 stored). Models whose head is not a plain linear layer (logit soft-capping, scaling) fall back
@@ -103,6 +113,41 @@ def sequence_log_probs(
     return lp, ent
 
 
+class LogProbModel(nn.Module):
+    """The policy as a module whose forward returns `(log_probs, entropy)` `(B, T)` of the
+    response tokens. Distributed wrappers (DDP, FSDP, DeepSpeed) hook into the forward of the
+    module they wrap; wrapping this one keeps the fused LM-head path (backbone + head weight,
+    no logits) inside that forward."""
+
+    def __init__(self, policy: nn.Module, *, fused: bool, chunk_size: int) -> None:
+        super().__init__()
+        self.policy = policy
+        self.fused = fused
+        self.chunk_size = chunk_size
+        # FSDP's transformer auto-wrap looks for the decoder layer classes here
+        self._no_split_modules = getattr(base_model(policy), "_no_split_modules", None)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        response_mask: Tensor,
+        entropy_grad: bool = False,
+    ) -> tuple[Tensor, Tensor]:
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "response_mask": response_mask,
+        }
+        return sequence_log_probs(
+            self.policy,
+            batch,
+            fused=self.fused,
+            entropy_grad=entropy_grad,
+            chunk_size=self.chunk_size,
+        )
+
+
 def disable_dropout(model: nn.Module) -> None:
     """Dropout off everywhere (modules and attention), whatever train()/eval() says."""
     for module in model.modules():
@@ -139,11 +184,40 @@ def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float = 
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-def planned_steps(num_samples: int, cfg: Any) -> int:
+def global_batch_size(cfg: Any, world_size: int = 1) -> int:
+    """Samples per optimizer step: `micro_batch_size` (per process) x `grad_accum_steps` x
+    processes (the convention of HF Trainer/TRL)."""
+    return cfg.micro_batch_size * cfg.grad_accum_steps * world_size
+
+
+def planned_steps(num_samples: int, cfg: Any, world_size: int = 1) -> int:
     """Optimizer steps of a full run: epochs x batches x num_iterations, capped by max_steps."""
-    batch_size = cfg.micro_batch_size * cfg.grad_accum_steps
+    batch_size = global_batch_size(cfg, world_size)
     steps = cfg.epochs * math.ceil(num_samples / batch_size) * cfg.num_iterations
     return min(steps, cfg.max_steps) if cfg.max_steps else steps
+
+
+def epoch_order(num_samples: int, seed: int, epoch: int) -> list[int]:
+    """The sample order of an epoch: a permutation fixed by (seed, epoch), the same on every
+    process."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(num_samples, generator=generator).tolist()
+
+
+def rank_micro_batches(
+    num_rows: int, micro_batch_size: int, rank: int = 0, world_size: int = 1
+) -> list[list[int]]:
+    """The rows of a batch that each of this process's micro-batches holds.
+
+    The process's shard is rows `rank, rank + world_size, ...` (one process: all rows, in
+    order). Every process gets the same number of micro-batches,
+    `ceil(ceil(num_rows / world_size) / micro_batch_size)`, so collective operations line up;
+    an empty list is a micro-batch this process has no rows for (run as a zero-weight dummy).
+    """
+    rows = list(range(rank, num_rows, world_size))
+    per_rank = -(-num_rows // world_size)
+    count = max(1, -(-per_rank // micro_batch_size))
+    return [rows[i * micro_batch_size : (i + 1) * micro_batch_size] for i in range(count)]
 
 
 def _trim(batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], slice]:
@@ -153,11 +227,10 @@ def _trim(batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], slice]:
     return {k: (v[:, cols] if k in SEQ_KEYS else v) for k, v in batch.items()}, cols
 
 
-def _micro_batches(batch: dict[str, Tensor], size: int) -> Iterator[tuple[slice, dict]]:
-    n = batch["input_ids"].shape[0]
-    for start in range(0, n, size):
-        rows = slice(start, min(start + size, n))
-        yield rows, {k: v[rows] for k, v in batch.items()}
+def _select_rows(batch: dict[str, Tensor], rows: list[int]) -> dict[str, Tensor]:
+    """The micro-batch of `rows`; no rows: a dummy (row 0), to be given zero weight."""
+    index = torch.tensor(rows or [0], dtype=torch.long, device=batch["input_ids"].device)
+    return {k: v.index_select(0, index) for k, v in batch.items()}
 
 
 # ---------------------------------------------------------------- trainer
@@ -169,6 +242,9 @@ class GRPOTrainer:
     `cfg` is a `GRPOConfig` (or its DictConfig). `ref_model`: a frozen reference for `beta > 0`
     under full fine-tuning; with LoRA leave it None, the reference is the same model with its
     adapters disabled. `autocast_dtype`: bf16/fp16 mixed precision on GPU (None = off).
+    `total_steps`: the optimizer steps this run plans (the horizon of a linear/cosine decay).
+    `accelerator`: an `accelerate.Accelerator` for multi-process training (DDP, FSDP,
+    DeepSpeed); the trainer prepares its model and optimizer with it. None: this process alone.
     """
 
     def __init__(
@@ -181,11 +257,15 @@ class GRPOTrainer:
         autocast_dtype: torch.dtype | None = None,
         total_steps: int = 1,
         pad_token_id: int = 0,
+        accelerator: Any | None = None,
     ) -> None:
-        self.model = model
+        self.model = model  # the policy itself (saved, and where LoRA adapters are toggled)
         self.cfg = cfg
         self.ref_model = ref_model
-        self.device = torch.device(device)
+        self.accelerator = accelerator
+        self.device = torch.device(device) if accelerator is None else accelerator.device
+        self.rank = 0 if accelerator is None else accelerator.process_index
+        self.world_size = 1 if accelerator is None else accelerator.num_processes
         self.autocast_dtype = autocast_dtype
         self.pad_token_id = pad_token_id
         self.is_peft = callable(getattr(model, "disable_adapter", None))
@@ -196,17 +276,61 @@ class GRPOTrainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the model has no trainable parameters")
-        self.optimizer = make_optimizer(self.params, cfg.lr, cfg.weight_decay)
-        self.total_steps = total_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(cfg.warmup_steps, total_steps, cfg.schedule)
-        )
-        self.step = 0  # optimizer steps done
-        self.epoch = 0  # position in the data, for resuming
-        self.batch_in_epoch = 0
         self.fused = fused_head_supported(model) and self._fused_matches_logits()
         if not self.fused:
             log.info("log-probs from full logits (this model's head is not a plain linear layer)")
+        # every forward of the policy goes through this module (wrapped by DDP/FSDP/DeepSpeed)
+        self.log_prob_model: nn.Module = LogProbModel(
+            model, fused=self.fused, chunk_size=cfg.logprob_chunk_size
+        )
+        self.base_optimizer = make_optimizer(self.params, cfg.lr, cfg.weight_decay)
+        self.optimizer: Any = self.base_optimizer
+        # parameters and optimizer state split across processes (FSDP, DeepSpeed): saving
+        # gathers them (see gather_policy_weights, _optimizer_state)
+        self.sharded = False
+        if accelerator is not None:
+            from accelerate.utils import DistributedType
+
+            self._fill_deepspeed_config()
+            self.log_prob_model, self.optimizer = accelerator.prepare(
+                self.log_prob_model, self.base_optimizer
+            )
+            self.sharded = accelerator.distributed_type in (
+                DistributedType.FSDP,
+                DistributedType.DEEPSPEED,
+            )
+        self.total_steps = total_steps
+        self.step = 0  # optimizer steps done, counted across runs that continue this optimizer
+        self.start_step = 0  # the step this run (this dataset) started at
+        self.epoch = 0  # position in the data, for resuming
+        self.batch_in_epoch = 0
+        self.scheduler = self._make_scheduler()
+
+    def _fill_deepspeed_config(self) -> None:
+        """DeepSpeed needs a micro-batch size up front; "auto" entries get the trainer's values
+        (gradient accumulation stays 1: the trainer marks the step boundary itself)."""
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if plugin is None:
+            return
+        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm else 0.0
+        values = {
+            "train_micro_batch_size_per_gpu": self.cfg.micro_batch_size,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": max(0.0, float(max_norm)),
+        }
+        config = plugin.deepspeed_config
+        for key, value in values.items():
+            if config.get(key, "auto") == "auto":
+                config[key] = value
+
+    def _make_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        """This run's LR schedule. The warmup counts global optimizer steps, so it happens once
+        however many runs continue the optimizer; a linear/cosine decay spans this run's
+        `total_steps` (a run continued on new data restarts it, like a warm restart)."""
+        warmup = max(0, self.cfg.warmup_steps - self.start_step)
+        return torch.optim.lr_scheduler.LambdaLR(
+            self.base_optimizer, lr_lambda(warmup, self.total_steps, self.cfg.schedule)
+        )
 
     # ------------------------------------------------------------ log-probs
 
@@ -216,16 +340,24 @@ class GRPOTrainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _log_probs(
-        self, model: nn.Module, batch: dict[str, Tensor], entropy_grad: bool = False
+        self, micro: dict[str, Tensor], *, entropy_grad: bool = False, reference: bool = False
     ) -> tuple[Tensor, Tensor]:
+        """(log_probs, entropy) `(B, T)` of a micro-batch: the policy, or the reference."""
+        inputs = {k: micro[k] for k in ("input_ids", "attention_mask", "response_mask")}
         with self._autocast():
-            return sequence_log_probs(
-                model,
-                batch,
-                fused=self.fused,
-                entropy_grad=entropy_grad,
-                chunk_size=self.cfg.logprob_chunk_size,
-            )
+            if not reference:
+                return self.log_prob_model(**inputs, entropy_grad=entropy_grad)
+            if self.ref_model is not None:
+                return sequence_log_probs(
+                    self.ref_model,
+                    inputs,
+                    fused=self.fused,
+                    chunk_size=self.cfg.logprob_chunk_size,
+                )
+            if not self.is_peft:
+                raise ValueError("beta > 0 with full fine-tuning needs a frozen ref_model")
+            with self.model.disable_adapter():
+                return self.log_prob_model(**inputs)
 
     def _fused_matches_logits(self) -> bool:
         """Guard for exotic heads: fused and logits paths must agree on a tiny input."""
@@ -248,26 +380,53 @@ class GRPOTrainer:
     @torch.no_grad()
     def batch_log_probs(self, batch: dict[str, Tensor], reference: bool = False) -> Tensor:
         """Log-probs `(B, T)` of a whole batch without gradient, micro-batch by micro-batch:
-        the current policy, or the reference (`reference=True`)."""
+        the current policy, or the reference (`reference=True`). Distributed: only this
+        process's rows are filled (the rows of other processes stay 0; it never reads them)."""
         out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32, device=self.device)
-        for rows, micro in _micro_batches(batch, self.cfg.micro_batch_size):
-            micro, cols = _trim(micro)
-            if not reference:
-                lp, _ = self._log_probs(self.model, micro)
-            elif self.ref_model is not None:
-                lp, _ = self._log_probs(self.ref_model, micro)
-            elif not self.is_peft:
-                raise ValueError("beta > 0 with full fine-tuning needs a frozen ref_model")
-            else:
-                with self.model.disable_adapter():
-                    lp, _ = self._log_probs(self.model, micro)
-            out[rows, cols] = lp
+        plan = rank_micro_batches(
+            out.shape[0], self.cfg.micro_batch_size, self.rank, self.world_size
+        )
+        for rows in plan:
+            if not rows and reference and self.ref_model is not None:
+                continue  # a local model: no collective to keep in step
+            micro, cols = _trim(_select_rows(batch, rows))
+            lp, _ = self._log_probs(micro, reference=reference)
+            if rows:
+                out[torch.tensor(rows, device=self.device), cols] = lp
         return out
 
     # ------------------------------------------------------------ updates
 
     def to_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return {k: v.to(self.device) for k, v in batch.items()}
+
+    @contextlib.contextmanager
+    def _gradient_sync(self, sync: bool) -> Iterator[None]:
+        """Around one micro-batch's forward and backward: gradients are synchronized across
+        processes only when `sync` (a step's last micro-batch); before, they accumulate."""
+        accelerator = self.accelerator
+        if accelerator is None:
+            yield
+            return
+        accelerator.sync_gradients = sync  # DeepSpeed: the gradient-accumulation boundary
+        with contextlib.nullcontext() if sync else accelerator.no_sync(self.log_prob_model):
+            yield
+
+    def _backward(self, loss: Tensor) -> None:
+        if self.accelerator is None:
+            loss.backward()
+        else:
+            self.accelerator.backward(loss)
+
+    def _clip_grad_norm(self, max_norm: float) -> float | None:
+        """Clip the global gradient norm; returns it before clipping (None: DeepSpeed, which
+        clips by its own config, did not report it)."""
+        if self.accelerator is None:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        else:  # FSDP needs all the prepared module's parameters to find it
+            params = list(self.log_prob_model.parameters())
+            norm = self.accelerator.clip_grad_norm_(params, max_norm)
+        return None if norm is None else float(norm)
 
     def train_on_batch(self, batch: dict[str, Tensor]) -> list[dict[str, Any]]:
         """`num_iterations` optimizer steps on one batch, old/ref log-probs cached once."""
@@ -287,44 +446,62 @@ class GRPOTrainer:
         """One optimizer step on `batch` (collated, any size); returns `train/*` metrics.
 
         Uses `batch["old_log_probs"]` / `batch["ref_log_probs"]` when present (else old =
-        current detached, i.e. rho = 1; ref computed here when beta > 0).
+        current detached, i.e. rho = 1; ref computed here when beta > 0). Distributed, `batch`
+        is the whole global batch on every process; each trains on its shard of the rows, and
+        the metrics are those of the whole batch.
         """
         cfg = self.cfg
         start = time.perf_counter()
         batch = self.to_device(batch)
         if cfg.beta > 0 and "ref_log_probs" not in batch:
             batch["ref_log_probs"] = self.batch_log_probs(batch, reference=True)
-        self.model.train()
+        self.log_prob_model.train()
+        # normalizers of the whole batch: each micro-batch loss is its additive share
         num_tokens = batch["response_mask"].sum()
         num_seqs = batch["input_ids"].shape[0]
-        sums = {"loss": 0.0, "pg_loss": 0.0, "entropy": 0.0, "kl": 0.0, "clip_ratio": 0.0}
-        for _, micro in _micro_batches(batch, cfg.micro_batch_size):
-            micro, _ = _trim(micro)
-            lp, ent = self._log_probs(self.model, micro, entropy_grad=cfg.entropy_coef != 0)
-            out = policy_loss(
-                lp,
-                micro["response_mask"],
-                micro["advantages"],
-                micro.get("old_log_probs"),
-                micro.get("ref_log_probs"),
-                ent,
-                clip_eps_low=cfg.clip_eps_low,
-                clip_eps_high=cfg.clip_eps_high,
-                beta=cfg.beta,
-                entropy_coef=cfg.entropy_coef,
-                loss_agg=cfg.loss_agg,
-                num_tokens=num_tokens,
-                num_seqs=num_seqs,
-                max_response_length=cfg.max_response_length,
-            )
-            out["loss"].backward()
-            for key in sums:
+        keys = ("loss", "pg_loss", "entropy", "kl", "clip_ratio")
+        sums = dict.fromkeys(keys, 0.0)
+        plan = rank_micro_batches(num_seqs, cfg.micro_batch_size, self.rank, self.world_size)
+        for i, rows in enumerate(plan):
+            micro, _ = _trim(_select_rows(batch, rows))
+            with self._gradient_sync(i == len(plan) - 1):
+                lp, ent = self._log_probs(micro, entropy_grad=cfg.entropy_coef != 0)
+                if not rows:
+                    # no rows of this process left: a forward/backward through every
+                    # parameter that keeps the collectives in step and adds exactly 0
+                    self._backward(lp.sum() * 0.0)
+                    continue
+                out = policy_loss(
+                    lp,
+                    micro["response_mask"],
+                    micro["advantages"],
+                    micro.get("old_log_probs"),
+                    micro.get("ref_log_probs"),
+                    ent,
+                    clip_eps_low=cfg.clip_eps_low,
+                    clip_eps_high=cfg.clip_eps_high,
+                    beta=cfg.beta,
+                    entropy_coef=cfg.entropy_coef,
+                    loss_agg=cfg.loss_agg,
+                    num_tokens=num_tokens,
+                    num_seqs=num_seqs,
+                    max_response_length=cfg.max_response_length,
+                )
+                # x world_size undoes the all-reduce's average: the synchronized gradient is
+                # the sum of every process's shares
+                scale = self.world_size
+                self._backward(out["loss"] if scale == 1 else out["loss"] * scale)
+            for key in keys:
                 sums[key] += float(out[key].detach())
+        if self.world_size > 1:  # every process's shares add up to the batch's values
+            local = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
+            sums = dict(zip(keys, self.accelerator.reduce(local, "sum").tolist(), strict=True))
 
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm and cfg.max_grad_norm > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        norm = self._clip_grad_norm(max_norm)
+        grad_norm = math.nan if norm is None else norm
         lr = self.scheduler.get_last_lr()[0]
-        skipped = not math.isfinite(grad_norm)
+        skipped = norm is not None and not math.isfinite(norm)
         if skipped:
             log.warning("step %d: non-finite gradient norm, update skipped", self.step + 1)
         else:
@@ -357,8 +534,7 @@ class GRPOTrainer:
 
     def epoch_order(self, num_samples: int, epoch: int) -> list[int]:
         """The sample order of an epoch: a permutation fixed by (seed, epoch)."""
-        generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-        return torch.randperm(num_samples, generator=generator).tolist()
+        return epoch_order(num_samples, self.cfg.seed, epoch)
 
     def fit(
         self,
@@ -372,6 +548,7 @@ class GRPOTrainer:
 
         `on_step(metrics)` after every optimizer step (logging); `on_batch_end(trainer)` after
         every batch (checkpointing happens between batches, where no old log-probs are cached).
+        Both run on every process. `cfg.max_steps` counts the steps of this run.
         """
         from rich.progress import (
             BarColumn,
@@ -382,7 +559,7 @@ class GRPOTrainer:
         )
 
         cfg = self.cfg
-        batch_size = cfg.micro_batch_size * cfg.grad_accum_steps
+        batch_size = global_batch_size(cfg, self.world_size)
         last: dict[str, Any] = {}
         progress = Progress(
             "[progress.description]{task.description}",
@@ -391,17 +568,21 @@ class GRPOTrainer:
             "loss {task.fields[loss]:+.4f}  reward {task.fields[reward]:.3f}",
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            disable=not show_progress,
+            disable=not show_progress or self.rank != 0,
         )
         with progress:
             task = progress.add_task(
-                "grpo", total=self.total_steps, completed=self.step, loss=0.0, reward=0.0
+                "grpo",
+                total=self.total_steps,
+                completed=self.step - self.start_step,
+                loss=0.0,
+                reward=0.0,
             )
             while self.epoch < cfg.epochs:
                 order = self.epoch_order(len(dataset), self.epoch)
                 batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
                 while self.batch_in_epoch < len(batches):
-                    if cfg.max_steps and self.step >= cfg.max_steps:
+                    if cfg.max_steps and self.step - self.start_step >= cfg.max_steps:
                         return last
                     indices = batches[self.batch_in_epoch]
                     batch = collate_samples([dataset[i] for i in indices], self.pad_token_id)
@@ -412,7 +593,7 @@ class GRPOTrainer:
                             on_step(metrics)
                         progress.update(
                             task,
-                            completed=self.step,
+                            completed=self.step - self.start_step,
                             loss=metrics["train/loss"],
                             reward=metrics["train/reward_mean"],
                         )
@@ -425,16 +606,58 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------ state
 
+    def gather_policy_weights(self) -> dict[str, Tensor] | None:
+        """The policy's full state dict when its parameters are sharded (FSDP, DeepSpeed
+        ZeRO-3), for saving: a collective, every process must call it (the tensors are
+        complete on the main process). None when `self.model` can be saved as it is."""
+        if not self.sharded:
+            return None
+        state = self.accelerator.get_state_dict(self.log_prob_model)
+        # a tied weight (e.g. lm_head = embeddings) is saved once, under its first name
+        first: dict[int, str] = {}
+        for name, param in self.model.named_parameters(remove_duplicate=False):
+            first.setdefault(id(param), name)
+        keep = set(first.values()) | {name for name, _ in self.model.named_buffers()}
+        prefix = "policy."
+        return {
+            k[len(prefix) :]: v
+            for k, v in state.items()
+            if k.startswith(prefix) and (k[len(prefix) :] in keep)
+        }
+
+    def _optimizer_state(self) -> Any:
+        """The optimizer state to save: `optimizer.state_dict()`; under FSDP the full state
+        gathered to the main process, keyed by parameter name (`{"by_name": ...}`, a
+        collective); under DeepSpeed None (not saved)."""
+        if not self.sharded:
+            return self.optimizer.state_dict()
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type != DistributedType.FSDP:
+            return None
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_optimizer_state_dict(self.log_prob_model, self.base_optimizer, options=options)
+        return {"by_name": state}
+
     def state_dict(self) -> dict[str, Any]:
-        """Optimizer, scheduler, position and RNG states (weights are saved separately)."""
+        """Optimizer, scheduler, position and RNG states (weights are saved separately).
+        Under FSDP a collective (call it on every process); DeepSpeed runs save no optimizer
+        state (`optimizer: None`)."""
         import numpy as np
 
         state = {
             "step": self.step,
+            "start_step": self.start_step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
+            "batch_size": global_batch_size(self.cfg, self.world_size),
             "total_steps": self.total_steps,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self._optimizer_state(),
             "scheduler": self.scheduler.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -446,14 +669,53 @@ class GRPOTrainer:
             state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
         return state
 
+    def _load_optimizer_state(self, state: dict[str, Any]) -> None:
+        saved = state.get("optimizer")
+        if isinstance(saved, dict) and "by_name" in saved:  # saved by an FSDP run
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_optimizer_state_dict,
+            )
+
+            set_optimizer_state_dict(
+                self.log_prob_model,
+                self.base_optimizer,
+                optim_state_dict=saved["by_name"],
+                options=StateDictOptions(full_state_dict=True),
+            )
+        elif saved is not None and self.sharded:
+            log.warning(
+                "an unsharded run's optimizer state cannot seed a sharded one: AdamW restarts"
+            )
+        elif saved is not None:
+            self.optimizer.load_state_dict(saved)
+        else:
+            log.warning("the checkpoint has no optimizer state (DeepSpeed run): AdamW restarts")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume a run exactly where `state` left it (same data, same batch size)."""
         import numpy as np
 
         self.step = int(state["step"])
+        self.start_step = int(state.get("start_step", 0))
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        saved_batch = state.get("batch_size")
+        batch = global_batch_size(self.cfg, self.world_size)
+        if saved_batch is not None and int(saved_batch) != batch:
+            log.warning(
+                "resuming a run of %d-sample batches with %d-sample batches (processes x "
+                "micro_batch_size x grad_accum_steps): the rest of the epoch is batched anew",
+                saved_batch,
+                batch,
+            )
+        self.scheduler = self._make_scheduler()  # its warmup depends on start_step
+        self._load_optimizer_state(state)
         self.scheduler.load_state_dict(state["scheduler"])
+        for group, lr in zip(
+            self.base_optimizer.param_groups, self.scheduler.get_last_lr(), strict=True
+        ):
+            group["lr"] = lr
         rng = state.get("rng", {})
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
@@ -463,3 +725,19 @@ class GRPOTrainer:
             np.random.set_state(rng["numpy"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def continue_from(self, state: dict[str, Any]) -> None:
+        """Continue a previous run's optimizer on a new dataset (e.g. the next loop episode).
+
+        The AdamW moments and the step counter carry over; the position in the data restarts
+        at epoch 0; lr and weight decay are this config's, and the LR schedule restarts for
+        this run (see `_make_scheduler`: no second warmup, a decay over this run's steps).
+        """
+        self.step = self.start_step = int(state["step"])
+        self.epoch = self.batch_in_epoch = 0
+        self._load_optimizer_state(state)
+        for group in self.base_optimizer.param_groups:
+            group.pop("initial_lr", None)  # the new scheduler starts from cfg.lr
+            group["lr"] = self.cfg.lr
+            group["weight_decay"] = self.cfg.weight_decay
+        self.scheduler = self._make_scheduler()
