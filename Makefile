@@ -51,9 +51,10 @@ bench: install
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench
 
-# The main job on the embedded default (SmolLM2-135M on built-in arithmetic).
+# The main job on the embedded default: the whole loop (search -> GRPO -> held-out evaluation)
+# with SmolLM2-135M as policy and executor on built-in arithmetic.
 run: install
-	$(BIN)/wfopt evaluate
+	$(BIN)/wfopt loop
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache outputs/20* multirun wandb

@@ -112,11 +112,16 @@ def test_multirun_with_joblib_launcher(cli, tmp_path):
         "hydra.sweep.dir=sweep",
         f"executor.cache_path={tmp_path / 'c.sqlite'}",
         *FAST,
+        "tracking.wandb=true",  # after FAST: W&B on (offline) for this test
     )
     sizes = sorted(
         json.loads(p.read_text())["n"] for p in (tmp_path / "sweep").glob("*/summary.json")
     )
     assert sizes == [1, 2]
+    # each job is its own (offline) W&B run, grouped by the sweep
+    runs = sorted((tmp_path / "sweep").glob("*/wandb/offline-run-*/run-*.wandb"))
+    assert len(runs) == 2 and runs[0].name != runs[1].name
+    assert all(b"evaluate-sweep" in run.read_bytes() for run in runs)
 
 
 def test_executor_outage_fails_clearly_and_writes_no_results(cli, tmp_path):

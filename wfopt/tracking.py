@@ -43,6 +43,21 @@ def histogram_stats(name: str, values: list[float]) -> dict[str, float]:
     }
 
 
+def sweep_group() -> str | None:
+    """`<command>-<sweep dir name>` inside a Hydra multirun (each job its own W&B run, grouped
+    by sweep), else None."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+    except (ImportError, ValueError):  # not inside a Hydra app
+        return None
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return f"{hydra_cfg.job.name}-{Path(hydra_cfg.sweep.dir).name}"
+
+
 def wandb_mode(cfg: TrackingConfig) -> str:
     if not cfg.wandb or cfg.mode == "disabled":
         return "disabled"
@@ -74,7 +89,7 @@ class Tracker:
             self._wandb = wandb.init(
                 project=cfg.project,
                 entity=cfg.entity,
-                group=cfg.group,
+                group=cfg.group or sweep_group(),
                 tags=list(cfg.tags),
                 job_type=job_type,
                 dir=str(self.run_dir),
