@@ -149,8 +149,9 @@ def test_singletons_skipped_and_counted(tokenizer):
 def test_truncation_policy_never_cuts_the_prompt(tokenizer):
     records = trajectories(1, 1)
     prompt_len = len(tokenizer(build_policy_prompt(PROBLEMS[0], tokenizer))["input_ids"])
-    code_len = len(tokenizer(GOOD[0], add_special_tokens=False)["input_ids"])
-    limit = prompt_len + code_len  # one short of code + EOS for GOOD[0]
+    body = policy_response(GOOD[0])  # what the policy writes after the prompt's header
+    code_len = len(tokenizer(body, add_special_tokens=False)["input_ids"])
+    limit = prompt_len + code_len  # one short of body + EOS for GOOD[0]
     dropped = TrajectoryDataset(records, tokenizer, max_length=limit)
     assert dropped.stats["dropped_too_long"] >= 2  # GOOD[0] for both problems
     assert all(s["input_ids"].numel() <= limit for s in dropped)
@@ -163,7 +164,7 @@ def test_truncation_policy_never_cuts_the_prompt(tokenizer):
         assert tokenizer.decode(s["input_ids"][~mask]) == prompt  # prompt intact
         text = tokenizer.decode(s["input_ids"][mask])
         if s["workflow_code"] == GOOD[0]:
-            assert GOOD[0].startswith(text) and tokenizer.eos_token not in text
+            assert body.startswith(text) and tokenizer.eos_token not in text
     # the response cap counts code + EOS
     capped = TrajectoryDataset(records, tokenizer, max_length=4096, max_response_length=code_len)
     assert GOOD[0] not in {s["workflow_code"] for s in capped}
