@@ -99,6 +99,8 @@ def test_behaviour_changes_change_the_hash():
         ("async def solve(p):\n    return p.format(1)", "format"),
         ("async def solve(p):\n    x = generate(p)\n    return await x", "awaited"),
         ("async def solve(p):\n    return await len(p)", "awaited"),
+        ("async def solve(p):\n    return generate(p)", "`generate` must be awaited"),
+        ("async def solve(p):\n    return [answer_generate(p)][0]", "must be awaited"),
         ("async def solve(p):\n    return 2 ** 100000000000000000000000", "too large"),
         ("async def solve(p):\n    return f'{p:>1000000000}'", "format spec"),
         ("async def solve(p):\n    return p.\n", "syntax"),

@@ -153,7 +153,17 @@ def validate(tree: ast.Module, operator_names: frozenset[str]) -> ast.AsyncFunct
         for n in ast.walk(solve)
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
     }
+    awaited = {id(n.value) for n in ast.walk(solve) if isinstance(n, ast.Await)}
     for node in ast.walk(solve):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in operator_names
+            and id(node) not in awaited
+        ):
+            raise _reject(
+                node, f"operator `{node.func.id}` must be awaited: `await {node.func.id}(...)`"
+            )
         if not isinstance(node, _ALLOWED_NODES):
             raise _reject(node, f"{type(node).__name__} is not allowed in a workflow")
         if isinstance(node, ast.Name) and node.id.startswith("_") and node.id != "_":
