@@ -200,3 +200,41 @@ def test_executor_outage_fails_the_episode_clearly(cli, tmp_path):
     state = load_state(run)
     assert state["episode"] == 0 and state["results"] == []
     assert not (run / "episodes").exists()
+
+
+def test_resume_keeps_the_runs_config_and_applies_dotted_overrides(tmp_path):
+    from wfopt.config import LoopConfig
+    from wfopt.loop import resumed_config
+
+    saved = OmegaConf.structured(LoopConfig)
+    saved.loop.episodes = 2
+    saved.grpo.lr = 3e-5
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(saved, tmp_path / ".hydra" / "config.yaml")
+    cfg = resumed_config(tmp_path, [f"resume={tmp_path}", "loop.episodes=5"])
+    assert cfg.loop.episodes == 5 and cfg.grpo.lr == 3e-5 and cfg.resume == str(tmp_path)
+    with pytest.raises(LoopError, match="model=qwen2_7b"):
+        resumed_config(tmp_path, ["model=qwen2_7b"])
+    with pytest.raises(LoopError, match="missing"):
+        resumed_config(tmp_path / "elsewhere", [])
+
+
+@pytest.mark.slow
+def test_loop_trains_each_episode_on_two_processes(cli, tmp_path):
+    """hardware.distributed=ddp: search and evaluation in the loop's process, GRPO under
+    `accelerate launch` on 2 CPU processes (gloo); its metrics reach the loop's log."""
+    run = tmp_path / "run"
+    cli(
+        "loop",
+        *TINY,
+        "loop.episodes=1",
+        "hardware.distributed=ddp",
+        "hardware.num_processes=2",
+        f"executor.cache_path={tmp_path / 'responses.sqlite'}",
+        f"hydra.run.dir={run}",
+    )
+    state = load_state(run)
+    train_dir = run / "episodes" / "000" / "train"
+    assert state["episode"] == 1 and state["checkpoint"].startswith(str(train_dir))
+    assert json.loads((train_dir / "result.json").read_text())["step"] == state["train_step"] >= 1
+    assert any("train/pg_loss" in m for m in _lines(run / "metrics.jsonl"))

@@ -180,6 +180,8 @@ class HardwareConfig:
     num_processes: int = 1
     distributed: str = "no"  # no | ddp | fsdp | deepspeed
     num_threads: int | None = None  # torch intra-op threads (null = torch default)
+    # `wfopt loop` trains under `accelerate launch` with this file (null: conf/accelerate/<mode>)
+    accelerate_config: str | None = None
 
 
 @dataclass

@@ -55,6 +55,16 @@ from wfopt.llm.base import LLMError
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+ACCELERATE_CONFIGS = {"ddp": "ddp.yaml", "fsdp": "fsdp.yaml", "deepspeed": "deepspeed_zero3.yaml"}
+GROUPS = ("model", "executor", "dataset", "mcts", "grpo", "hardware")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class LoopError(RuntimeError):
@@ -296,7 +306,12 @@ class Loop:
             self.run_dir / "episodes" / f"{e:03d}" / "trajectories.jsonl"
             for e in range(max(0, episode - self.cfg.loop.replay_episodes), episode + 1)
         ]
-        trajectories = [t for f in files if f.is_file() for t in read_trajectories(f)]
+        files = [f for f in files if f.is_file()]
+        if self.cfg.hardware.distributed != "no":
+            self.state["trained"] = {"episode": episode, **self._train_distributed(episode, files)}
+            save_state(self.run_dir, self.state)
+            return
+        trajectories = [t for f in files for t in read_trajectories(f)]
         try:
             result = train_policy(
                 self.cfg,
@@ -315,6 +330,63 @@ class Loop:
             "train_step": result.step,
         }
         save_state(self.run_dir, self.state)
+
+    def _train_distributed(self, episode: int, files: list[Path]) -> dict[str, Any]:
+        """Train under `accelerate launch` (`hardware.distributed`, `hardware.num_processes`)
+        in `episodes/NNN/train/`; its per-step metrics are forwarded to this run's tracker."""
+        import subprocess
+        import sys
+
+        from wfopt.cli import config_dir
+
+        hw = self.cfg.hardware
+        train_dir = self.run_dir / "episodes" / f"{episode:03d}" / "train"
+        train_dir.mkdir(parents=True, exist_ok=True)
+        (train_dir / "result.json").unlink(missing_ok=True)
+        (train_dir / "metrics.jsonl").unlink(missing_ok=True)  # a crashed try's partial log
+        config = OmegaConf.to_container(self.cfg, resolve=True)
+        for key in ("loop", "resume", "dry_run"):
+            config.pop(key, None)  # type: ignore[union-attr]
+        config["tracking"]["wandb"] = False  # type: ignore[index]  # this process logs to W&B
+        job = {
+            "config": config,
+            "trajectories": [str(f) for f in files],
+            "run_dir": str(train_dir),
+            "init_checkpoint": self.state["checkpoint"],
+            "checkpoint_info": {"episode": episode},
+        }
+        job_file = train_dir / "job.json"
+        job_file.write_text(json.dumps(job, indent=2))
+        accelerate_config = hw.accelerate_config or str(
+            config_dir() / "accelerate" / ACCELERATE_CONFIGS[hw.distributed]
+        )
+        command = [
+            sys.executable, "-m", "accelerate.commands.launch",
+            "--config_file", accelerate_config,
+            "--num_processes", str(hw.num_processes),
+            "--main_process_ip", "127.0.0.1",
+            "--main_process_port", str(_free_port()),
+            "-m", "wfopt.grpo.launch", str(job_file),
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": str(hw.num_threads or 1)}
+        log.info(
+            "episode %d: training on %d processes (%s)", episode, hw.num_processes, hw.distributed
+        )
+        with (train_dir / "train.log").open("w") as out:
+            done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        if done.returncode != 0 or not (train_dir / "result.json").is_file():
+            raise LoopError(
+                f"episode {episode}: distributed training failed (exit code {done.returncode}); "
+                f"see {train_dir / 'train.log'}"
+            )
+        for line in (train_dir / "metrics.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            if "step" in record:
+                step = record.pop("step")
+                record.pop("time", None)
+                self.tracker.log(record, step=step)
+        result = json.loads((train_dir / "result.json").read_text())
+        return {"checkpoint": result["checkpoint"], "train_step": result["step"]}
 
     # -- the whole run -----------------------------------------------------------------------
 
@@ -432,6 +504,34 @@ def check_loop_config(cfg: DictConfig) -> None:
         raise LoopError(str(err)) from None
 
 
+def resumed_config(run_dir: Path, overrides: list[str]) -> DictConfig:
+    """The run's own config (`.hydra/config.yaml`), with this command's `key.path=value`
+    overrides on top (e.g. `loop.episodes=6` to extend a run). Choosing another config group
+    option (`model=...`) cannot apply to a run half done: that is an error."""
+    from wfopt.config import LoopConfig
+
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise LoopError(f"resume={run_dir}: {saved} is missing, so its config is unknown")
+    dotted = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key == "resume":
+            continue
+        if key in GROUPS:
+            raise LoopError(
+                f"resume: `{override}` would swap a config group of a run half done; "
+                "a resumed loop keeps its own config (dotted overrides such as "
+                "loop.episodes=N still apply)"
+            )
+        dotted.append(override.lstrip("+"))
+    merged = OmegaConf.merge(
+        OmegaConf.structured(LoopConfig), OmegaConf.load(saved), OmegaConf.from_dotlist(dotted)
+    )
+    merged.resume = str(run_dir)
+    return merged  # type: ignore[return-value]
+
+
 def run(cfg: DictConfig) -> float:
     """Hydra entry point of `wfopt loop`; returns the last held-out accuracy."""
     from hydra.core.hydra_config import HydraConfig
@@ -456,6 +556,7 @@ def run(cfg: DictConfig) -> float:
         if cfg.resume:
             run_dir = Path(to_absolute_path(cfg.resume))
             state = load_state(run_dir)
+            cfg = resumed_config(run_dir, HydraConfig.get().overrides.task)
             log.info("resuming %s after episode %d", run_dir, state["episode"])
         else:
             run_dir = Path(HydraConfig.get().runtime.output_dir)
