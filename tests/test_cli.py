@@ -59,7 +59,9 @@ def test_unknown_group_option_is_listed(cli):
     assert "smollm2_135m" in result.stderr
 
 
-def test_unimplemented_subcommand_says_so(cli):
-    result = cli("loop", expect_ok=False)
-    assert result.returncode == 2
-    assert "not implemented yet" in result.stderr
+def test_every_subcommand_composes_its_primary_config(cli):
+    for command, key in (("search", "mcts"), ("train", "grpo"), ("loop", "loop")):
+        cfg = yaml.safe_load(cli(command, "--cfg", "job").stdout)
+        assert key in cfg and cfg["model"]["name"] == "smollm2_135m"
+    loop = yaml.safe_load(cli("loop", "grpo.norm_by_std=false", "--cfg", "job").stdout)
+    assert loop["grpo"]["norm_by_std"] is False and loop["loop"]["episodes"] >= 1

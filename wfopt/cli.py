@@ -45,14 +45,7 @@ def config_dir() -> Path:
 
 def _resolve(command: str) -> Callable[[DictConfig], object]:
     module_name, attr, _ = COMMANDS[command]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name != module_name:
-            raise
-        typer.echo(f"wfopt {command}: not implemented yet.", err=True)
-        raise typer.Exit(2) from None
-    return getattr(module, attr)
+    return getattr(importlib.import_module(module_name), attr)
 
 
 def run_hydra_command(command: str, args: list[str]) -> None:
