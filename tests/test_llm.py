@@ -457,3 +457,19 @@ def test_openai_bounds_concurrency(server):
     outs = asyncio.run(main())
     assert [o.text for o in outs] == [f"echo: {i}" for i in range(12)]
     assert len(state.requests) == 12 and 1 < state.max_in_flight <= 3
+
+
+def test_cache_keys_follow_the_backend_name(embedded_llm, tmp_path):
+    """A new policy checkpoint renames its backend; cached answers of the old one never match."""
+    from wfopt.llm.cache import CachedLLM, cache_key
+
+    cached = CachedLLM(embedded_llm, tmp_path / "c.sqlite")
+    original = embedded_llm.name
+    try:
+        assert cached.name == original
+        embedded_llm.name = f"{original}@step-000004-abc"
+        assert cached.name == embedded_llm.name
+    finally:
+        embedded_llm.name = original
+    params = SamplingParams()
+    assert cache_key("m", msgs("x"), params, 0) != cache_key("m@step-1", msgs("x"), params, 0)

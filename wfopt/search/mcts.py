@@ -210,6 +210,7 @@ class TreeSearch:
     proposer: PolicyProposer | None = None
     rng: random.Random = field(default_factory=random.Random)
     code_task: bool = False
+    task_id: str | int = ""  # the problem's id (for reports)
     tree: Tree = field(default_factory=Tree)
     stats: SearchStats = field(default_factory=SearchStats)
     # the policy's own samples (training prompt) that failed validation: (source, reason)

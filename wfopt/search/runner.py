@@ -138,6 +138,8 @@ class SearchReport:
     tokens: int = 0
     cost_usd: float | None = 0.0
     wall_time_s: float = 0.0
+    # per problem: (id, seed score, best score, best reward, workflows, best node's origin)
+    per_problem: list[tuple[str, float, float, float, int, str]] = field(default_factory=list)
 
     def add(self, search: TreeSearch) -> None:
         tree = search.tree
@@ -147,6 +149,9 @@ class SearchReport:
         self.best_scores.append(best.score)
         self.seed_scores.append(tree.root.score)
         self.tree_sizes.append(len(tree))
+        self.per_problem.append(
+            (str(search.task_id), tree.root.score, best.score, best.reward, len(tree), best.origin)
+        )
         self.stats.add(search.stats)
         used: set[str] = set()
         for node in tree.nodes:
@@ -313,6 +318,7 @@ async def search_problems(
         code_task = problem.kind == "code"
         search = TreeSearch(
             task=problem.question,
+            task_id=problem.id,
             evaluate=problem_evaluator(
                 problem,
                 dataset,
