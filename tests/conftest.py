@@ -67,3 +67,21 @@ def embedded_llm():
         OmegaConf.structured(ModelConfig), OmegaConf.load(REPO / "conf/model/smollm2_135m.yaml")
     )
     return LocalLLM.from_config(cfg, HardwareConfig())
+
+
+@pytest.fixture
+def dead_executor() -> list[str]:
+    """Overrides that point the executor at an OpenAI-compatible URL nobody listens on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [
+        "executor=openai",
+        "executor.model=m",
+        f"executor.base_url=http://127.0.0.1:{port}/v1",
+        "executor.max_retries=1",
+        "executor.timeout_s=2",
+        "executor.cache=false",
+    ]

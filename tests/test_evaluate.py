@@ -124,25 +124,11 @@ def test_multirun_with_joblib_launcher(cli, tmp_path):
     assert all(b"evaluate-sweep" in run.read_bytes() for run in runs)
 
 
-def test_executor_outage_fails_clearly_and_writes_no_results(cli, tmp_path):
+def test_executor_outage_fails_clearly_and_writes_no_results(cli, tmp_path, dead_executor):
     """A dead executor is an error of the run, never a column of zero scores."""
-    import socket
-
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     run = tmp_path / "run"
     result = cli(
-        "evaluate",
-        "executor=openai",
-        "executor.model=m",
-        f"executor.base_url=http://127.0.0.1:{port}/v1",
-        "executor.max_retries=1",
-        "executor.timeout_s=2",
-        "executor.cache=false",
-        "dataset.limit=2",
-        f"hydra.run.dir={run}",
-        expect_ok=False,
+        "evaluate", *dead_executor, "dataset.limit=2", f"hydra.run.dir={run}", expect_ok=False
     )
     assert result.returncode != 0
     assert "the executor failed" in result.stderr and "connection error" in result.stderr

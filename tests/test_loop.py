@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -178,23 +177,9 @@ def test_loop_killed_mid_episode_resumes_without_loss_or_duplicates(cli, tmp_pat
     assert summary["n"] == 2 and 0.0 <= summary["valid_rate"] <= 1.0, result.stdout
 
 
-def test_executor_outage_fails_the_episode_clearly(cli, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def test_executor_outage_fails_the_episode_clearly(cli, tmp_path, dead_executor):
     run = tmp_path / "run"
-    result = cli(
-        "loop",
-        *TINY,
-        "executor=openai",
-        "executor.model=m",
-        f"executor.base_url=http://127.0.0.1:{port}/v1",
-        "executor.max_retries=1",
-        "executor.timeout_s=2",
-        "executor.cache=false",
-        f"hydra.run.dir={run}",
-        expect_ok=False,
-    )
+    result = cli("loop", *TINY, *dead_executor, f"hydra.run.dir={run}", expect_ok=False)
     assert result.returncode != 0
     assert "executor is unreachable" in result.stderr and f"resume={run}" in result.stderr
     state = load_state(run)

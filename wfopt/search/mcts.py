@@ -7,6 +7,8 @@ One implementation serves both scopes; only the evaluator differs:
 - dataset scope (AFlow's setting): its mean score over a list of validation problems, each run
   `mcts.rollouts` times.
 
+Both use `dataset_evaluator`, with one problem or many.
+
 reward = mean score - `mcts.cost_weight` * min(1, mean tokens per run / `mcts.cost_scale_tokens`).
 
 Each iteration selects a node (UCT descent or AFlow's rule, see selection.py), asks the policy
@@ -110,39 +112,6 @@ def failure_notes(records: Sequence[Record], limit: int = 300) -> str:
     return text[:limit]
 
 
-def problem_evaluator(
-    problem: Any,
-    dataset: Any,
-    llm: LLM,
-    params: SamplingParams,
-    *,
-    rollouts: int,
-    max_operator_calls: int,
-    timeout_s: float,
-) -> Evaluator:
-    """A workflow's score on one problem: its `rollouts` runs, concurrently."""
-
-    async def evaluate(workflow: Workflow) -> Evaluation:
-        records = await asyncio.gather(
-            *(
-                execute(
-                    workflow,
-                    problem,
-                    dataset,
-                    llm,
-                    params,
-                    max_operator_calls=max_operator_calls,
-                    timeout_s=timeout_s,
-                    sample_offset=r * ROLLOUT_STRIDE,
-                )
-                for r in range(rollouts)
-            )
-        )
-        return Evaluation([r.score for r in records], list(records))
-
-    return evaluate
-
-
 def dataset_evaluator(
     problems: Sequence[Any],
     dataset: Any,
@@ -154,7 +123,9 @@ def dataset_evaluator(
     timeout_s: float,
     concurrency: int = 16,
 ) -> Evaluator:
-    """A workflow's score on a list of problems (one score per problem, averaged over rollouts)."""
+    """A workflow's score on `problems` (one problem in problem scope, the validation problems
+    in dataset scope): every problem run `rollouts` times, concurrently up to `concurrency`;
+    one score per problem, the mean over its rollouts (which use different executor samples)."""
     semaphore = asyncio.Semaphore(max(1, concurrency))
 
     async def run(workflow: Workflow, problem: Any, rollout: int) -> Record:

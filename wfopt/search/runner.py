@@ -32,7 +32,6 @@ from wfopt.search.mcts import (
     SearchStats,
     TreeSearch,
     dataset_evaluator,
-    problem_evaluator,
 )
 from wfopt.search.tree import Tree
 from wfopt.workflow import operators_used
@@ -275,6 +274,40 @@ def check_mcts_config(m: Any) -> None:
         raise SearchError("invalid search config: " + "; ".join(problems))
 
 
+def tree_search(
+    m: Any,
+    task: str,
+    problems: list[Any],
+    dataset: Any,
+    executor: Any,
+    params: SamplingParams,
+    proposer: PolicyProposer | None,
+    *,
+    task_id: str | int = "dataset",
+    seed: int = 0,
+) -> TreeSearch:
+    """A tree for `task` whose workflows are scored on `problems` (`m` = the mcts config):
+    one problem in problem scope, the validation problems in dataset scope."""
+    return TreeSearch(
+        task=task,
+        task_id=task_id,
+        evaluate=dataset_evaluator(
+            problems,
+            dataset,
+            executor,
+            params,
+            rollouts=m.rollouts,
+            max_operator_calls=m.max_operator_calls,
+            timeout_s=m.timeout_s,
+            concurrency=min(len(problems), m.concurrency) * m.rollouts,
+        ),
+        cfg=m,
+        proposer=proposer,
+        rng=random.Random(f"{seed}:{task_id}"),
+        code_task=problems[0].kind == "code",
+    )
+
+
 async def search_problems(
     problems: list[Any],
     *,
@@ -316,23 +349,10 @@ async def search_problems(
 
     async def one(problem: Any, out: Any) -> None:
         code_task = problem.kind == "code"
-        search = TreeSearch(
-            task=problem.question,
-            task_id=problem.id,
-            evaluate=problem_evaluator(
-                problem,
-                dataset,
-                executor,
-                params,
-                rollouts=m.rollouts,
-                max_operator_calls=m.max_operator_calls,
-                timeout_s=m.timeout_s,
-            ),
-            cfg=m,
-            proposer=proposer,
-            rng=random.Random(f"{cfg.seed}:{problem.id}"),
-            code_task=code_task,
-        )
+        search = tree_search(
+            m, problem.question, [problem], dataset, executor, params, proposer,
+            task_id=problem.id, seed=cfg.seed,
+        )  # fmt: skip
         async with semaphore:
             await search.run(seed_source(m, code_task), m.policy_samples)
         record = trajectory_record(
@@ -520,23 +540,7 @@ def _run_dataset_scope(
     code_task = problems[0].kind == "code"
     examples = "\n".join(f"- {p.question.strip()[:300]}" for p in problems[:3])
     task = f"Problems like these ({cfg.dataset.name}):\n{examples}"
-    search = TreeSearch(
-        task=task,
-        evaluate=dataset_evaluator(
-            problems,
-            dataset,
-            executor,
-            params,
-            rollouts=m.rollouts,
-            max_operator_calls=m.max_operator_calls,
-            timeout_s=m.timeout_s,
-            concurrency=m.concurrency * m.rollouts,
-        ),
-        cfg=m,
-        proposer=proposer,
-        rng=random.Random(f"{cfg.seed}:dataset"),
-        code_task=code_task,
-    )
+    search = tree_search(m, task, problems, dataset, executor, params, proposer, seed=cfg.seed)
     log.info(
         "dataset-scope search on %s: %d validation problems, %d iterations",
         cfg.dataset.name,
