@@ -125,7 +125,7 @@ class MCTSConfig:
     cost_weight: float = 0.0  # reward = score - cost_weight * min(1, tokens / cost_scale_tokens)
     cost_scale_tokens: int = 2048  # mean tokens per run that count as cost 1
     max_operator_calls: int = 20  # per workflow run (budget error beyond)
-    timeout_s: float = 120.0  # per workflow run
+    timeout_s: float = 600.0  # per workflow run, waiting in the executor's queue included
     concurrency: int = 8  # problems searched at once (their LLM calls batch together)
     val_problems: int | None = 20  # dataset scope: validation problems scoring each workflow
 
