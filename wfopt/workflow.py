@@ -153,16 +153,26 @@ def validate(tree: ast.Module, operator_names: frozenset[str]) -> ast.AsyncFunct
         for n in ast.walk(solve)
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
     }
-    awaited = {id(n.value) for n in ast.walk(solve) if isinstance(n, ast.Await)}
+    # operators are only ever called and awaited: never passed as values (key=generate) or
+    # called without await, and no operator or builtin name is rebound (len = generate)
+    awaited_funcs = {
+        id(n.value.func)
+        for n in ast.walk(solve)
+        if isinstance(n, ast.Await) and isinstance(n.value, ast.Call)
+    }
+    reserved = operator_names | BUILTIN_NAMES | {"entry_point"}
     for node in ast.walk(solve):
+        if isinstance(node, ast.Name) and node.id in reserved and isinstance(node.ctx, ast.Store):
+            raise _reject(node, f"`{node.id}` is a reserved name and cannot be assigned")
+        if isinstance(node, ast.arg) and node.arg in reserved:
+            raise _reject(node, f"`{node.arg}` is a reserved name and cannot be a parameter")
         if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id in operator_names
-            and id(node) not in awaited
+            isinstance(node, ast.Name)
+            and node.id in operator_names
+            and id(node) not in awaited_funcs
         ):
             raise _reject(
-                node, f"operator `{node.func.id}` must be awaited: `await {node.func.id}(...)`"
+                node, f"operator `{node.id}` must be called and awaited: `await {node.id}(...)`"
             )
         if not isinstance(node, _ALLOWED_NODES):
             raise _reject(node, f"{type(node).__name__} is not allowed in a workflow")
