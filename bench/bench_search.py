@@ -67,8 +67,14 @@ from wfopt.datasets import load_dataset  # noqa: E402
 from wfopt.evaluate import Record, evaluate_problems, execute, wilson_interval  # noqa: E402
 from wfopt.llm import sampling_params  # noqa: E402
 from wfopt.llm.local import LocalLLM  # noqa: E402
-from wfopt.search.mcts import ROLLOUT_STRIDE, TreeSearch, dataset_evaluator  # noqa: E402
-from wfopt.search.runner import build_search_llms, search_problems, seed_source  # noqa: E402
+from wfopt.search.mcts import ROLLOUT_STRIDE, TreeSearch  # noqa: E402
+from wfopt.search.runner import (  # noqa: E402
+    build_search_llms,
+    dataset_task,
+    search_problems,
+    seed_source,
+    tree_search,
+)
 
 HOLDOUT_OFFSET = 1_000_000  # sample offset of the held-out re-runs (search runs use r * 1000)
 DEFAULT_JSON = REPO / "outputs" / "bench" / "search.json"
@@ -298,28 +304,12 @@ def dataset_scope(
     m = cfg.mcts
     params = sampling_params(cfg.executor.sampling)
     # the same task text and evaluator as `wfopt search mcts.scope=dataset` (runner.py)
-    examples = "\n".join(f"- {p.question.strip()[:300]}" for p in val[:3])
-    task = f"Problems like these (arithmetic):\n{examples}"
+    task = dataset_task("arithmetic", val)
 
     async def search_then_test() -> tuple[TreeSearch, float, list[Record], list[Record], float]:
         executor, proposer = build_search_llms(cfg, policy=llm)
         try:
-            search = TreeSearch(
-                task=task,
-                evaluate=dataset_evaluator(
-                    val,
-                    dataset,
-                    executor,
-                    params,
-                    rollouts=m.rollouts,
-                    max_operator_calls=m.max_operator_calls,
-                    timeout_s=m.timeout_s,
-                    concurrency=m.concurrency * m.rollouts,
-                ),
-                cfg=m,
-                proposer=proposer,
-                rng=random.Random(f"{cfg.seed}:dataset"),
-            )
+            search = tree_search(m, task, val, dataset, executor, params, proposer, seed=cfg.seed)
             start = time.perf_counter()
             await search.run(seed_source(m, False), m.policy_samples)
             search_s = time.perf_counter() - start

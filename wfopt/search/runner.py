@@ -274,6 +274,12 @@ def check_mcts_config(m: Any) -> None:
         raise SearchError("invalid search config: " + "; ".join(problems))
 
 
+def dataset_task(name: str, problems: list[Any]) -> str:
+    """What the policy sees in dataset scope: three example questions (never answers)."""
+    examples = "\n".join(f"- {p.question.strip()[:300]}" for p in problems[:3])
+    return f"Problems like these ({name}):\n{examples}"
+
+
 def tree_search(
     m: Any,
     task: str,
@@ -538,8 +544,7 @@ def _run_dataset_scope(
     if not problems:
         raise SystemExit(f"wfopt search: {cfg.dataset.name} has no validation problems")
     code_task = problems[0].kind == "code"
-    examples = "\n".join(f"- {p.question.strip()[:300]}" for p in problems[:3])
-    task = f"Problems like these ({cfg.dataset.name}):\n{examples}"
+    task = dataset_task(cfg.dataset.name, problems)
     search = tree_search(m, task, problems, dataset, executor, params, proposer, seed=cfg.seed)
     log.info(
         "dataset-scope search on %s: %d validation problems, %d iterations",
