@@ -37,7 +37,6 @@ OVERRIDES = [
     "grpo.max_steps=6",
     "grpo.micro_batch_size=4",
     "grpo.grad_accum_steps=2",
-    "hardware.num_threads=1",
 ]
 RESULTS = Path(__file__).resolve().parent / "results"
 
