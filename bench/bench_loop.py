@@ -38,7 +38,7 @@ OVERRIDES = [
     "grpo.micro_batch_size=4",
     "grpo.grad_accum_steps=2",
 ]
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "outputs" / "bench"  # never tracked
 
 
 def main() -> None:
@@ -73,7 +73,7 @@ def main() -> None:
         table.add_row(row["label"], valid, accuracy, str(row["n"]))
     Console().print(table)
 
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "loop.json"
     out.write_text(
         json.dumps(
