@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -46,6 +47,10 @@ def test_offline_wandb_run_contains_the_metrics(tmp_path, monkeypatch):
     runs = list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
     assert len(runs) == 1
     # The .wandb file is a protobuf record log; metric names and values appear verbatim.
-    data = runs[0].read_bytes()
+    # wandb-core (a separate process) may still be appending after finish() returns on a
+    # loaded machine: wait for it, briefly.
+    deadline = time.monotonic() + 20
+    while b"0.375" not in (data := runs[0].read_bytes()) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert b"eval/accuracy" in data and b"0.375" in data
     assert b"train/advantages" in data and b"histogram" in data
