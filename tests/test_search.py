@@ -441,3 +441,17 @@ def test_dataset_scope_finds_a_workflow_evaluate_accepts(cli, tmp_path):
         f"executor.cache_path={cache}",
         f"hydra.run.dir={tmp_path / 'eval'}",
     )
+
+
+def test_resume_names_the_run_to_continue(tmp_path):
+    from wfopt.search.runner import resolve_resume
+
+    here = tmp_path / "this-run"
+    assert resolve_resume(None, here) == here
+    assert resolve_resume("true", here) == here  # with a fixed hydra.run.dir: its own file
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    with pytest.raises(SearchError, match=r"no trajectories\.jsonl"):
+        resolve_resume(str(earlier), here)
+    (earlier / "trajectories.jsonl").write_text("")
+    assert resolve_resume(str(earlier), here) == earlier
