@@ -393,8 +393,9 @@ class Loop:
     def record(self, row: dict[str, Any]) -> None:
         self.state["results"].append(row)
         save_state(self.run_dir, self.state)
-        with (self.run_dir / "results.json").open("w") as f:
-            json.dump(self.state["results"], f, indent=2)
+        tmp = self.run_dir / ".results.json.tmp"
+        tmp.write_text(json.dumps(self.state["results"], indent=2))
+        os.replace(tmp, self.run_dir / "results.json")
 
     async def run(self) -> None:
         state, lp = self.state, self.cfg.loop
