@@ -92,7 +92,9 @@ class SandboxResult:
 
 
 def _python() -> str:
-    return sys.executable or shutil.which("python3") or "/usr/bin/python3"
+    """The real interpreter binary, not a venv's link to it: a venv under /tmp is hidden by the
+    sandbox's private /tmp, the interpreter it points to is not (the code runs with -I anyway)."""
+    return os.path.realpath(sys.executable or shutil.which("python3") or "/usr/bin/python3")
 
 
 def _bwrap_argv(bwrap: str, workdir: str, limits: SandboxLimits) -> list[str]:
