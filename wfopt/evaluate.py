@@ -108,6 +108,21 @@ async def execute(
     )
 
 
+def progress_bar(fields: str, show: bool) -> Any:
+    """A rich progress bar: description, bar, done/total, `fields` (a format over the task's
+    fields), elapsed time."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        fields,
+        TimeElapsedColumn(),
+        disable=not show,
+    )
+
+
 async def evaluate_problems(
     workflow: Workflow | str,
     problems: list[Any],
@@ -122,18 +137,9 @@ async def evaluate_problems(
     description: str = "evaluate",
 ) -> list[Record]:
     """Run `workflow` on every problem, at most `concurrency` at a time, in input order."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     wf = workflow if isinstance(workflow, Workflow) else parse_workflow(workflow)
     semaphore = asyncio.Semaphore(max(1, concurrency))
-    progress = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        "acc {task.fields[acc]:.3f}",
-        TimeElapsedColumn(),
-        disable=not show_progress,
-    )
+    progress = progress_bar("acc {task.fields[acc]:.3f}", show_progress)
     solved = 0.0
     done = 0
 
@@ -176,19 +182,10 @@ async def evaluate_policy(
 ) -> list[Record]:
     """The policy writes `samples` workflows per problem (training prompt); each is validated,
     run once and scored. Invalid code is a record with error `invalid` and score 0."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     from wfopt.policy import sample_workflows
 
     semaphore = asyncio.Semaphore(max(1, concurrency))
-    progress = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        "valid {task.fields[valid]} acc {task.fields[acc]:.3f}",
-        TimeElapsedColumn(),
-        disable=not show_progress,
-    )
+    progress = progress_bar("valid {task.fields[valid]} acc {task.fields[acc]:.3f}", show_progress)
     done: list[Record] = []
 
     async def one(problem: Any) -> list[Record]:

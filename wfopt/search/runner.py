@@ -25,7 +25,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from wfopt.evaluate import wilson_interval
+from wfopt.evaluate import progress_bar, wilson_interval
 from wfopt.llm.base import LLMError, SamplingParams
 from wfopt.search.mcts import (
     PolicyProposer,
@@ -335,22 +335,13 @@ async def search_problems(
     Shared by `wfopt search` and `wfopt loop`. Trees run `mcts.concurrency` at a time; lines
     are written in completion order and flushed at once.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     m = cfg.mcts
     report = SearchReport()
     semaphore = asyncio.Semaphore(m.concurrency)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if trees_dir is not None:
         trees_dir.mkdir(parents=True, exist_ok=True)
-    progress = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        "solved {task.fields[solved]}",
-        TimeElapsedColumn(),
-        disable=not show_progress,
-    )
+    progress = progress_bar("solved {task.fields[solved]}", show_progress)
     start = time.perf_counter()
 
     async def one(problem: Any, out: Any) -> None:
