@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from wfopt.baselines import load_baseline
 from wfopt.config import MCTSConfig
 from wfopt.evaluate import Record
-from wfopt.policy import RESPONSE_PREFIX, policy_response, workflow_from_completion
+from wfopt.policy import RESPONSE_PREFIX, PolicySample, policy_response, workflow_from_completion
 from wfopt.search.edits import EDIT_KINDS, edit_variants, propose_edit
 from wfopt.search.mcts import Evaluation, TreeSearch, cost_penalized_reward, failure_notes
 from wfopt.search.runner import SearchError, finished_problem_ids, trajectory_record
@@ -161,7 +161,7 @@ class ScriptedPolicy:
 
     async def sample(self, task, parent, sample_index):
         self.calls += 1
-        return self.outputs[sample_index % len(self.outputs)]
+        return PolicySample(self.outputs[sample_index % len(self.outputs)])
 
 
 class CountingEvaluator:
@@ -213,11 +213,15 @@ def test_invalid_only_policy_still_yields_groups():
     assert len(search.tree) == 4 and search.stats.invalid == search.stats.proposals
     assert len(evaluator.hashes) == len(set(evaluator.hashes)) == 4
     record = trajectory_record(_problem(), search, "arithmetic", "train")
-    # seed + 3 edits, then the 2 invalid samples of the training prompt at mcts.invalid_reward
+    # seed + 3 edits, then every invalid policy sample at mcts.invalid_reward: the 2 of the
+    # training prompt first, then each rejected expansion proposal
     assert record["sources"][:4] == ["seed"] + [n.origin for n in search.tree.nodes[1:]]
-    assert record["sources"][4:] == ["invalid_sample"] * 2
-    assert record["rewards"][4:] == [-1.0, -1.0] and min(record["rewards"][:4]) >= 0
-    assert len(record["workflow_codes"]) == len(record["rewards"]) == 6
+    invalid = search.stats.invalid
+    assert record["sources"][4:] == ["policy_sample:invalid"] * 2 + ["policy:invalid"] * (
+        invalid - 2
+    )
+    assert record["rewards"][4:] == [-1.0] * invalid and min(record["rewards"][:4]) >= 0
+    assert len(record["workflow_codes"]) == len(record["rewards"]) == 4 + invalid
     without = trajectory_record(_problem(), search, "arithmetic", "train", keep_invalid=False)
     assert len(without["workflow_codes"]) == 4
 

@@ -160,6 +160,13 @@ class GRPOConfig:
     entropy_coef: float = 0.0  # entropy bonus weight (loss -= entropy_coef * H)
     # token_mean (DAPO) | seq_mean_token_mean (GRPO paper) | seq_mean_token_sum_norm (Dr. GRPO)
     loss_agg: str = "token_mean"
+    # off-policy guidance: workflows the policy did not sample (the tree's seed and edits)
+    # shaped: mixed-policy GRPO's f(p) = p / (p + gamma) per token (LUFFY, Yan et al. 2025)
+    # drop: pure on-policy GRPO on the policy's own samples | as_on_policy: rho = 1 (wfopt 0.1)
+    off_policy: str = "shaped"
+    off_policy_gamma: float = 0.1  # gamma of the shaping (> 0; smaller = sharper)
+    # all-equal groups carry no signal: leave them out (DAPO dynamic sampling without resampling)
+    drop_zero_std_groups: bool = False
     # data
     max_length: int = 1024  # prompt + workflow tokens per sample
     # most workflow tokens (incl. EOS) per sample; also Dr. GRPO's constant normalizer

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from wfopt.llm.base import LLM, LLMError, SamplingParams
 from wfopt.operators import Operators
+from wfopt.stats import wilson_interval
 from wfopt.workflow import (
     InvalidWorkflow,
     Workflow,
@@ -190,7 +190,8 @@ async def evaluate_policy(
 
     async def one(problem: Any) -> list[Record]:
         async with semaphore:
-            sources = await sample_workflows(policy, problem.question, policy_params, samples)
+            written = await sample_workflows(policy, problem.question, policy_params, samples)
+            sources = [sample.code for sample in written]
             records = await asyncio.gather(
                 *(
                     execute(
@@ -235,17 +236,6 @@ def policy_summary(records: list[Record], wall_time_s: float) -> dict[str, Any]:
         operator_use={k: v / len(valid) for k, v in sorted(usage.items())} if valid else {},
     )
     return summary
-
-
-def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for a proportion (well-behaved at 0 and n, unlike Wald)."""
-    if n == 0:
-        return (0.0, 0.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, center - half), min(1.0, center + half))
 
 
 def summarize(records: list[Record], wall_time_s: float) -> dict[str, Any]:

@@ -136,14 +136,11 @@ def policy_response(code: str) -> str:
 
 
 def encode_prompt(prompt: str, tokenizer: Any) -> list[int]:
-    """Token ids of a prompt built by `build_policy_prompt`.
-
-    Special tokens are added unless the text already starts with the BOS token (chat templates
-    that render it themselves), so BOS is never doubled.
-    """
-    bos = getattr(tokenizer, "bos_token", None)
-    add_special = not (bos and prompt.startswith(bos))
-    return list(tokenizer(prompt, add_special_tokens=add_special)["input_ids"])
+    """Token ids of a prompt, by the one rule sampling (the local backend) and training share:
+    the text alone, no special tokens added (a chat template renders BOS itself if its model
+    wants one). Policy samples carry the ids they were sampled with, so this only matters for
+    workflows the policy did not write."""
+    return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
 
 def encode_response(response: str, tokenizer: Any, add_eos: bool = True) -> list[int]:
@@ -216,19 +213,55 @@ def _checkpoint_id(checkpoint: Any) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:10]
 
 
-async def sample_workflows(
-    llm: Any, problem: str, params: Any, n: int = 1, first_index: int = 0
-) -> list[str]:
-    """`n` workflows the policy writes for `problem` from the training prompt (not validated).
+@dataclass(frozen=True)
+class PolicySample:
+    """One workflow the policy wrote, with what GRPO needs to train on it exactly.
+
+    `code` is the workflow the completion spells (`workflow_from_completion`: the prefix plus
+    the body, cut where the function ends); the ids are the prompt and the completion token
+    for token as the model saw and emitted them (`None` when the backend does not report
+    ids: such a sample can only be trained as off-policy data). `stopped`: the completion ended
+    on a stop token (its last id) rather than at the token limit.
+    """
+
+    code: str
+    prompt_ids: list[int] | None = None
+    completion_ids: list[int] | None = None
+    stopped: bool | None = None
+
+    @classmethod
+    def from_completion(cls, completion: Any) -> PolicySample:
+        return cls(
+            workflow_from_completion(completion.text),
+            completion.prompt_ids,
+            completion.completion_ids,
+            completion.stopped,
+        )
+
+
+async def sample_policy(
+    llm: Any, problem: str, params: Any, sample_index: int, parent: Parent | None = None
+) -> PolicySample:
+    """One workflow from the policy for `problem` (the training prompt, or a search
+    expansion's prompt when `parent` is given); not validated.
 
     `llm` offers `complete_text` (a `LocalLLM`, possibly behind the response cache); its
     tokenizer's chat template is used when the backend uses one.
     """
+    tokenizer = llm.tokenizer if getattr(llm, "chat_template", False) else None
+    prompt = build_policy_prompt(problem, tokenizer, parent)
+    return PolicySample.from_completion(await llm.complete_text(prompt, params, sample_index))
+
+
+async def sample_workflows(
+    llm: Any, problem: str, params: Any, n: int = 1, first_index: int = 0
+) -> list[PolicySample]:
+    """`n` workflows the policy writes for `problem` from the training prompt, sampled
+    together (they batch)."""
     import asyncio
 
-    tokenizer = llm.tokenizer if getattr(llm, "chat_template", False) else None
-    prompt = build_policy_prompt(problem, tokenizer)
-    completions = await asyncio.gather(
-        *(llm.complete_text(prompt, params, first_index + i) for i in range(n))
+    return list(
+        await asyncio.gather(
+            *(sample_policy(llm, problem, params, first_index + i) for i in range(n))
+        )
     )
-    return [workflow_from_completion(c.text) for c in completions]

@@ -1,35 +1,41 @@
-"""Search trajectories -> tokenized GRPO samples with precomputed group advantages.
+"""Search trajectories -> tokenized GRPO samples with group advantages.
 
-A trajectories file (what `wfopt search` writes) is JSONL, one problem per line:
+The file format and its reader live in `wfopt.trajectory` (one definition, shared with the
+search that writes it). `TrajectoryDataset` turns each trajectory (= group) into one sample
+per workflow:
 
-    {"problem": str, "problem_id": str | int, "workflow_codes": [str, ...],
-     "rewards": [float, ...], ...optional: "costs", "dataset", "split"}
+- **policy samples** (a workflow with recorded `prompt_ids` / `completion_ids`) train on
+  exactly those ids: the prompt they were sampled from (a search expansion's prompt shows its
+  parent) and every token the policy emitted; the stop token is in the response only when
+  the policy emitted one (`stopped`). Nothing is decoded and re-tokenized. These are
+  on-policy: the ordinary clipped GRPO term.
+- **off-policy workflows** (seed, structural edits, files without ids): tokenized under the
+  plain training prompt as `body + [EOS]`, and treated per `off_policy`:
+  - `"shaped"` (default): mixed-policy GRPO's regularized importance shaping, f(p) =
+    p / (p + gamma) per token (formula in `losses.py`);
+  - `"drop"`: left out of the loss and of the group baseline (pure on-policy GRPO);
+  - `"as_on_policy"`: trained as if the policy had sampled them (rho = 1), the behaviour of
+    wfopt <= 0.1, kept for comparison.
 
-`read_trajectories` validates every line and fails on the first bad one with
-`<file>:<line>: <reason>` (invalid JSON, missing/mistyped field, list lengths that differ,
-a non-finite reward). Blank lines are ignored.
+Groups: samples are tokenized first; those too long (`truncation="drop"`) or dropped by the
+off-policy rule leave, and the advantages are computed over what remains, so a group's
+advantages sum to zero (grpo) exactly over the samples that are trained. Groups with fewer
+than two samples left are skipped. Groups whose remaining rewards are all equal carry no
+signal: always counted (`zero_std_groups`), and left out when `drop_zero_std_groups`
+(DAPO's dynamic-sampling filter, without the resampling).
 
-`TrajectoryDataset` expands each trajectory into one sample per workflow. Advantages are
-computed per trajectory (= group) over *all* its workflows, before any filtering, batching or
-shuffling. Groups with a single workflow carry no signal and are skipped (counted in `stats`).
-
-Tokenization: `prompt ids + code ids + [EOS]` with the prompt from the shared
-`wfopt.policy.build_policy_prompt`; `response_mask` is 1 exactly on the code ids and the EOS.
 Length policy (`truncation`), never cutting the prompt:
 
-- `"drop"` (default): a sample longer than `max_length` tokens, or whose code + EOS exceeds
+- `"drop"` (default): a sample longer than `max_length` tokens, or whose response exceeds
   `max_response_length`, is dropped and counted (`stats["dropped_too_long"]`).
-- `"truncate"`: the code is cut to fit (no EOS is appended then, since the workflow does not
-  end there) and the mask covers what is kept (`stats["truncated"]`); a sample whose prompt
-  leaves no room for a single code token is still dropped.
+- `"truncate"`: the response is cut to fit (it then ends without a stop token) and the mask
+  covers what is kept (`stats["truncated"]`); a sample whose prompt leaves no room for a
+  single response token is still dropped.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,79 +44,26 @@ from torch import Tensor
 
 from wfopt.grpo.advantages import get_advantage_estimator
 from wfopt.policy import build_policy_prompt, encode_prompt, encode_response
+from wfopt.trajectory import (
+    SOURCE_KINDS,
+    Trajectory,
+    TrajectoryError,
+    parse_trajectory,
+    read_trajectories,
+    source_kind,
+)
 
-REQUIRED_FIELDS = ("problem", "problem_id", "workflow_codes", "rewards")
+__all__ = [
+    "OFF_POLICY_RULES",
+    "Trajectory",
+    "TrajectoryDataset",
+    "TrajectoryError",
+    "collate_samples",
+    "parse_trajectory",
+    "read_trajectories",
+]
 
-
-class TrajectoryError(ValueError):
-    """A trajectories file (or record) that cannot be trained on; the message names where."""
-
-
-@dataclass
-class Trajectory:
-    problem: str
-    problem_id: str | int
-    workflow_codes: list[str]
-    rewards: list[float]
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_trajectory(record: Any, where: str) -> Trajectory:
-    """Validate one decoded record; `where` (e.g. `file.jsonl:3`) prefixes every error."""
-
-    def fail(reason: str) -> TrajectoryError:
-        return TrajectoryError(f"{where}: {reason}")
-
-    if not isinstance(record, dict):
-        raise fail(f"expected a JSON object, got {type(record).__name__}")
-    for key in REQUIRED_FIELDS:
-        if key not in record:
-            raise fail(f"missing field {key!r}")
-    problem, problem_id = record["problem"], record["problem_id"]
-    codes, rewards = record["workflow_codes"], record["rewards"]
-    if not isinstance(problem, str):
-        raise fail(f"'problem' must be a string, got {type(problem).__name__}")
-    if isinstance(problem_id, bool) or not isinstance(problem_id, (str, int)):
-        raise fail(f"'problem_id' must be a string or an integer, got {type(problem_id).__name__}")
-    if not isinstance(codes, list) or not all(isinstance(c, str) for c in codes):
-        raise fail("'workflow_codes' must be a list of strings")
-    if not isinstance(rewards, list):
-        raise fail("'rewards' must be a list of numbers")
-    for i, r in enumerate(rewards):
-        if isinstance(r, bool) or not isinstance(r, (int, float)):
-            raise fail(f"rewards[{i}] is not a number: {r!r}")
-        if not math.isfinite(r):
-            raise fail(f"rewards[{i}] is not finite ({r})")
-    if len(codes) != len(rewards):
-        raise fail(f"list lengths differ: {len(codes)} workflow_codes but {len(rewards)} rewards")
-    costs = record.get("costs")
-    if isinstance(costs, list) and len(costs) != len(codes):
-        raise fail(f"list lengths differ: {len(codes)} workflow_codes but {len(costs)} costs")
-    extra = {k: v for k, v in record.items() if k not in REQUIRED_FIELDS}
-    return Trajectory(problem, problem_id, list(codes), [float(r) for r in rewards], extra)
-
-
-def read_trajectories(path: str | Path) -> list[Trajectory]:
-    """All trajectories of a JSONL file; `TrajectoryError` names the file, line and reason."""
-    path = Path(path)
-    if not path.is_file():
-        raise TrajectoryError(f"{path}: no such trajectories file")
-    trajectories = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise TrajectoryError(
-                    f"{where}: invalid JSON ({err.msg} at column {err.colno})"
-                ) from None
-            trajectories.append(parse_trajectory(record, where))
-    if not trajectories:
-        raise TrajectoryError(f"{path}: no trajectories (empty file)")
-    return trajectories
+OFF_POLICY_RULES = ("shaped", "drop", "as_on_policy")
 
 
 class TrajectoryDataset(torch.utils.data.Dataset):
@@ -118,8 +71,9 @@ class TrajectoryDataset(torch.utils.data.Dataset):
 
     Each item is a dict: `problem`, `workflow_code`, `problem_id`, `group_id` (int, one per
     trajectory), `reward`, `advantage` (float), `group_reward_std` (0 for all-equal groups),
-    and 1-D tensors `input_ids`, `attention_mask`, `response_mask` (`(T_i,)`, unpadded).
-    `stats` counts groups, samples, skipped singletons, dropped/truncated samples.
+    `source` (a `SOURCE_KINDS` entry), `off_policy` (bool), and 1-D tensors `input_ids`,
+    `attention_mask`, `response_mask` (`(T_i,)`, unpadded). `stats` counts groups and samples,
+    what was skipped or dropped and why, and the trained samples of each source.
     """
 
     def __init__(
@@ -134,72 +88,100 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         eps: float = 1e-4,
         estimator: str = "grpo",
         chat_template: bool = True,
+        off_policy: str = "shaped",
+        drop_zero_std_groups: bool = False,
     ) -> None:
         if truncation not in ("drop", "truncate"):
             raise ValueError(f"truncation must be 'drop' or 'truncate', got {truncation!r}")
+        if off_policy not in OFF_POLICY_RULES:
+            raise ValueError(f"off_policy must be one of {OFF_POLICY_RULES}, got {off_policy!r}")
         if isinstance(trajectories, (str, Path)):
             trajectories = read_trajectories(trajectories)
         trajs = [
             t if isinstance(t, Trajectory) else parse_trajectory(t, f"trajectory {i}")
             for i, t in enumerate(trajectories)
         ]
-        advantage_fn = get_advantage_estimator(estimator)
+        self.advantage_fn = get_advantage_estimator(estimator)
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token; cannot end workflows")
+        self.tokenizer, self.chat_template = tokenizer, chat_template
+        self.max_length = max_length
+        self.response_cap = max_response_length if max_response_length else max_length
+        self.truncation, self.off_policy = truncation, off_policy
+        self.norm_by_std, self.eps = norm_by_std, eps
         self.samples: list[dict[str, Any]] = []
         self.stats = {
             "groups": len(trajs),
             "groups_used": 0,
             "singleton_groups_skipped": 0,
             "zero_std_groups": 0,
+            "zero_std_groups_dropped": 0,
             "samples": 0,
             "dropped_too_long": 0,
+            "dropped_off_policy": 0,
             "truncated": 0,
+            **{f"samples_{kind}": 0 for kind in SOURCE_KINDS},
         }
-        response_cap = max_response_length if max_response_length else max_length
         for group_id, traj in enumerate(trajs):
-            if len(traj.workflow_codes) < 2:
+            group = [s for i in range(len(traj.workflow_codes)) if (s := self._sample(traj, i))]
+            if len(group) < 2:
                 self.stats["singleton_groups_skipped"] += 1
                 continue
-            self.stats["groups_used"] += 1
-            rewards = torch.tensor(traj.rewards, dtype=torch.float64)
-            # the whole group, before any sample is dropped: its baseline is every workflow
-            adv = advantage_fn(rewards, [0] * len(rewards), norm_by_std=norm_by_std, eps=eps)
-            group_std = float(rewards.std()) if len(rewards) > 1 else 0.0
-            if max(traj.rewards) == min(traj.rewards):
+            rewards = torch.tensor([s["reward"] for s in group], dtype=torch.float64)
+            zero_std = bool(rewards.max() == rewards.min())
+            if zero_std:
                 self.stats["zero_std_groups"] += 1
-                group_std = 0.0
-            prompt = build_policy_prompt(traj.problem, tokenizer if chat_template else None)
-            prompt_ids = encode_prompt(prompt, tokenizer)
-            room = min(max_length - len(prompt_ids), response_cap)
-            for code, reward, a in zip(
-                traj.workflow_codes, traj.rewards, adv.tolist(), strict=True
-            ):
-                response = encode_response(code, tokenizer)
-                if len(response) > room:
-                    if truncation == "drop" or room < 1:
-                        self.stats["dropped_too_long"] += 1
-                        continue
-                    response = response[:room]
-                    self.stats["truncated"] += 1
-                ids = prompt_ids + response
-                self.samples.append(
-                    {
-                        "problem": traj.problem,
-                        "problem_id": traj.problem_id,
-                        "workflow_code": code,
-                        "group_id": group_id,
-                        "reward": float(reward),
-                        "advantage": float(a),
-                        "group_reward_std": group_std,
-                        "input_ids": torch.tensor(ids, dtype=torch.long),
-                        "attention_mask": torch.ones(len(ids), dtype=torch.long),
-                        "response_mask": torch.tensor(
-                            [0] * len(prompt_ids) + [1] * len(response), dtype=torch.long
-                        ),
-                    }
-                )
+                if drop_zero_std_groups:
+                    self.stats["zero_std_groups_dropped"] += 1
+                    continue
+            # the baseline is exactly the samples that are trained
+            adv = self.advantage_fn(rewards, [0] * len(group), norm_by_std=norm_by_std, eps=eps)
+            group_std = 0.0 if zero_std else float(rewards.std())
+            self.stats["groups_used"] += 1
+            for sample, a in zip(group, adv.tolist(), strict=True):
+                sample.update(group_id=group_id, advantage=float(a), group_reward_std=group_std)
+                self.stats[f"samples_{sample['source']}"] += 1
+                self.samples.append(sample)
         self.stats["samples"] = len(self.samples)
+
+    def _sample(self, traj: Trajectory, i: int) -> dict[str, Any] | None:
+        """Workflow `i` of `traj`, tokenized; None (counted) when it cannot be trained."""
+        prompt_ids, completion_ids = traj.prompt_ids[i], traj.completion_ids[i]
+        on_policy = prompt_ids is not None and completion_ids is not None
+        if not on_policy and self.off_policy == "drop":
+            self.stats["dropped_off_policy"] += 1
+            return None
+        if on_policy:  # exactly what was sampled
+            response = list(completion_ids)  # type: ignore[arg-type]
+            prompt = list(prompt_ids)  # type: ignore[arg-type]
+        else:
+            text = build_policy_prompt(traj.problem, self.tokenizer if self.chat_template else None)
+            prompt = encode_prompt(text, self.tokenizer)
+            response = encode_response(traj.workflow_codes[i], self.tokenizer)
+        room = min(self.max_length - len(prompt), self.response_cap)
+        if len(response) > room:
+            if self.truncation == "drop" or room < 1:
+                self.stats["dropped_too_long"] += 1
+                return None
+            response = response[:room]
+            self.stats["truncated"] += 1
+        if not response:
+            self.stats["dropped_too_long"] += 1  # nothing to train on
+            return None
+        ids = prompt + response
+        return {
+            "problem": traj.problem,
+            "problem_id": traj.problem_id,
+            "workflow_code": traj.workflow_codes[i],
+            "reward": float(traj.rewards[i]),
+            "source": source_kind(traj.sources[i]),
+            "off_policy": not on_policy and self.off_policy == "shaped",
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "attention_mask": torch.ones(len(ids), dtype=torch.long),
+            "response_mask": torch.tensor(
+                [0] * len(prompt) + [1] * len(response), dtype=torch.long
+            ),
+        }
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -212,7 +194,8 @@ def collate_samples(
     samples: Sequence[dict[str, Any]], pad_token_id: int, padding_side: str = "right"
 ) -> dict[str, Tensor]:
     """Pad samples into a batch: `input_ids`, `attention_mask`, `response_mask` `(B, T)`;
-    `advantages`, `rewards`, `group_reward_std` `(B,)` float32; `group_ids` `(B,)` int64."""
+    `advantages`, `rewards`, `group_reward_std` `(B,)` float32; `group_ids`, `source_ids`
+    (index into `SOURCE_KINDS`) `(B,)` int64; `off_policy` `(B,)` bool."""
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     width = max(int(s["input_ids"].numel()) for s in samples)
@@ -235,4 +218,8 @@ def collate_samples(
             [s["group_reward_std"] for s in samples], dtype=torch.float32
         ),
         "group_ids": torch.tensor([s["group_id"] for s in samples], dtype=torch.long),
+        "source_ids": torch.tensor(
+            [SOURCE_KINDS.index(s.get("source", "seed")) for s in samples], dtype=torch.long
+        ),
+        "off_policy": torch.tensor([bool(s.get("off_policy", False)) for s in samples]),
     }

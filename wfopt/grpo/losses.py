@@ -12,6 +12,16 @@ and `logp_ref` a frozen reference's:
 The clipped branch has zero gradient, so a token with A > 0 and rho > 1 + eps_high, or A < 0 and
 rho < 1 - eps_low, contributes exactly nothing (`clip_ratio` is the fraction of such tokens).
 
+Off-policy rows (`off_policy[b]`: workflows the policy did not sample, e.g. the search tree's
+seed and edits, whose behaviour probability is unknown) get the regularized importance-shaped
+objective of mixed-policy GRPO (LUFFY, Yan et al. 2025), with p = exp(logp) and gamma > 0:
+
+    pg_off = -A * p / (p + gamma)             gradient: -A * gamma * p / (p + gamma)^2 * dlogp
+
+unclipped (there is no behaviour ratio to clip). Its weight on a token peaks at p = gamma and
+vanishes as p -> 1, so guidance concentrates on the tokens the policy finds unlikely instead
+of being trained as if the policy had sampled them.
+
 Aggregations `agg(x)` over masked `(B, T)` values (registered in `LOSS_AGGREGATIONS`):
 
     token_mean               sum_bt m x / N_tok                                   (DAPO)
@@ -120,13 +130,18 @@ def policy_loss(
     num_tokens: float | Tensor | None = None,
     num_seqs: float | Tensor | None = None,
     max_response_length: int | None = None,
+    off_policy: Tensor | None = None,
+    off_policy_gamma: float = 0.1,
+    per_row: bool = False,
 ) -> dict[str, Tensor]:
     """The GRPO objective from per-token log-probs (formulas in the module docstring).
 
     Shapes: log_probs, response_mask, old_log_probs, ref_log_probs, entropy `(B, T)`;
-    advantages `(B, T)` or `(B,)` (broadcast over tokens). Returns scalars: `loss` (with grad),
-    and detached `pg_loss` (agg of pg), `entropy`, `kl`, `clip_ratio` (token means over the
-    response, normalized by `num_tokens` like `token_mean`).
+    advantages `(B, T)` or `(B,)` (broadcast over tokens); off_policy `(B,)` bool (rows that
+    get the shaped off-policy objective). Returns scalars: `loss` (with grad), and detached
+    `pg_loss` (agg of pg), `entropy`, `kl`, `clip_ratio` (token means over the response,
+    normalized by `num_tokens` like `token_mean`); with `per_row`, also `pg_seq_sum` `(B,)`,
+    each row's sum of pg over its response tokens (for per-source metrics).
     """
     agg = get_loss_aggregation(loss_agg)
     norms = {
@@ -143,6 +158,12 @@ def policy_loss(
     ratio = torch.exp((log_probs - old) * mask)
     clipped_ratio = ratio.clamp(1.0 - clip_eps_low, 1.0 + clip_eps_high)
     pg = torch.maximum(-adv * ratio, -adv * clipped_ratio)
+    if off_policy is not None and bool(off_policy.any()):
+        pg = torch.where(
+            off_policy.bool().unsqueeze(-1),
+            -adv * shaped_probability(log_probs * mask, off_policy_gamma),
+            pg,
+        )
     pg_loss = agg(pg, mask, **norms)
     loss = pg_loss
 
@@ -168,14 +189,27 @@ def policy_loss(
         clipped = ((adv > 0) & (ratio > 1.0 + clip_eps_high)) | (
             (adv < 0) & (ratio < 1.0 - clip_eps_low)
         )
+        if off_policy is not None:
+            clipped = clipped & ~off_policy.bool().unsqueeze(-1)
         clip_ratio = token_mean(clipped.to(mask.dtype), mask, num_tokens=num_tokens)
-    return {
+    out = {
         "loss": loss,
         "pg_loss": pg_loss.detach(),
         "entropy": ent,
         "kl": kl,
         "clip_ratio": clip_ratio,
     }
+    if per_row:
+        out["pg_seq_sum"] = (pg * mask).sum(-1).detach()
+    return out
+
+
+def shaped_probability(log_probs: Tensor, gamma: float) -> Tensor:
+    """f(p) = p / (p + gamma) with p = exp(log_probs), elementwise (mixed-policy shaping)."""
+    if gamma <= 0:
+        raise ValueError(f"off_policy_gamma must be > 0, got {gamma}")
+    p = torch.exp(log_probs)
+    return p / (p + gamma)
 
 
 def compute_grpo_loss(

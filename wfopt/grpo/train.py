@@ -48,9 +48,10 @@ from wfopt.grpo.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from wfopt.grpo.data import Trajectory, TrajectoryDataset
+from wfopt.grpo.data import OFF_POLICY_RULES, Trajectory, TrajectoryDataset
 from wfopt.grpo.losses import LOSS_AGGREGATIONS
 from wfopt.grpo.trainer import GRPOTrainer, base_model, planned_steps
+from wfopt.trajectory import SOURCE_KINDS
 
 if TYPE_CHECKING:
     from wfopt.tracking import Tracker
@@ -83,6 +84,10 @@ def check_config(g: Any) -> None:
         problems.append(f"grpo.adv_estimator={g.adv_estimator!r} (known: {known})")
     if g.schedule not in ("constant", "linear", "cosine"):
         problems.append(f"grpo.schedule={g.schedule!r} (constant, linear or cosine)")
+    if g.off_policy not in OFF_POLICY_RULES:
+        problems.append(f"grpo.off_policy={g.off_policy!r} (known: {', '.join(OFF_POLICY_RULES)})")
+    if g.off_policy_gamma <= 0:
+        problems.append(f"grpo.off_policy_gamma={g.off_policy_gamma} (must be > 0)")
     if g.truncation not in ("drop", "truncate"):
         problems.append(f"grpo.truncation={g.truncation!r} (drop or truncate)")
     for key in (
@@ -247,18 +252,25 @@ def train_policy(
         eps=g.adv_eps,
         estimator=g.adv_estimator,
         chat_template=cfg.model.chat_template,
+        off_policy=g.off_policy,
+        drop_zero_std_groups=g.drop_zero_std_groups,
     )
     stats = dict(dataset.stats)
     if main:
         log.info(
-            "%d groups -> %d samples (%d singleton groups skipped, %d all-equal groups, "
-            "%d too long dropped, %d truncated)",
+            "%d groups -> %d samples (%d singleton groups skipped, %d all-equal groups "
+            "(%d dropped), %d too long dropped, %d truncated, %d off-policy dropped); "
+            "by source: %s; off-policy rule %s",
             stats["groups"],
             stats["samples"],
             stats["singleton_groups_skipped"],
             stats["zero_std_groups"],
+            stats["zero_std_groups_dropped"],
             stats["dropped_too_long"],
             stats["truncated"],
+            stats["dropped_off_policy"],
+            ", ".join(f"{k}={stats[f'samples_{k}']}" for k in SOURCE_KINDS),
+            g.off_policy,
         )
     if len(dataset) == 0:
         raise TrainingError(f"no trainable samples ({stats})")

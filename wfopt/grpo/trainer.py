@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from wfopt.grpo.data import TrajectoryDataset, collate_samples
 from wfopt.grpo.logprobs import token_log_probs, token_log_probs_from_hidden
 from wfopt.grpo.losses import policy_loss
+from wfopt.trajectory import SOURCE_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,60 @@ def _select_rows(batch: dict[str, Tensor], rows: list[int]) -> dict[str, Tensor]
     """The micro-batch of `rows`; no rows: a dummy (row 0), to be given zero weight."""
     index = torch.tensor(rows or [0], dtype=torch.long, device=batch["input_ids"].device)
     return {k: v.index_select(0, index) for k, v in batch.items()}
+
+
+def frac_zero_std_groups(group_ids: Tensor, group_reward_std: Tensor) -> float:
+    """Share of the *groups* in a batch (not of its samples) whose rewards are all equal."""
+    if group_ids.numel() == 0:
+        return 0.0
+    unique, first = torch.unique(group_ids, return_inverse=True)
+    zero = torch.zeros(len(unique), dtype=torch.bool, device=group_ids.device)
+    zero[first] = group_reward_std == 0
+    return float(zero.float().mean())
+
+
+class SourceSums:
+    """Per-source sums over one optimizer step's micro-batches (`SOURCE_KINDS`), so the
+    metrics say what each kind of workflow contributes: its samples and response tokens, the
+    mean advantage and token log-prob, and its additive share of `train/pg_loss` (token-mean
+    normalized like the loss, so the shares of all sources add up to it under token_mean)."""
+
+    def __init__(self, device: torch.device) -> None:
+        k = len(SOURCE_KINDS)
+        # rows: samples, tokens, pg sum, log-prob sum, advantage sum
+        self.sums = torch.zeros(5, k, dtype=torch.float64, device=device)
+
+    def add(self, micro: dict[str, Tensor], pg_seq_sum: Tensor, log_probs: Tensor) -> None:
+        src, mask = micro["source_ids"], micro["response_mask"].to(torch.float64)
+        k = len(SOURCE_KINDS)
+        rows = (
+            torch.ones_like(src, dtype=torch.float64),
+            mask.sum(-1),
+            pg_seq_sum.to(torch.float64),
+            (log_probs.to(torch.float64) * mask).sum(-1),
+            micro["advantages"].to(torch.float64),
+        )
+        for i, values in enumerate(rows):
+            self.sums[i] += torch.zeros(k, dtype=torch.float64, device=src.device).index_add_(
+                0, src, values
+            )
+
+    def reduce(self, accelerator: Any) -> None:
+        self.sums = accelerator.reduce(self.sums, "sum")
+
+    def metrics(self, batch: dict[str, Tensor], num_tokens: float) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for j, kind in enumerate(SOURCE_KINDS):
+            samples, tokens, pg, logp, adv = self.sums[:, j].tolist()
+            if not samples:
+                continue
+            prefix = f"train/source/{kind}"
+            out[f"{prefix}/samples"] = samples
+            out[f"{prefix}/response_tokens"] = tokens
+            out[f"{prefix}/pg_loss_share"] = pg / max(num_tokens, 1.0)
+            out[f"{prefix}/logp_mean"] = logp / max(tokens, 1.0)
+            out[f"{prefix}/advantage_mean"] = adv / samples
+        return out
 
 
 # ---------------------------------------------------------------- trainer
@@ -461,6 +516,7 @@ class GRPOTrainer:
         num_seqs = batch["input_ids"].shape[0]
         keys = ("loss", "pg_loss", "entropy", "kl", "clip_ratio")
         sums = dict.fromkeys(keys, 0.0)
+        by_source = SourceSums(self.device)
         plan = rank_micro_batches(num_seqs, cfg.micro_batch_size, self.rank, self.world_size)
         for i, rows in enumerate(plan):
             micro, _ = _trim(_select_rows(batch, rows))
@@ -486,6 +542,9 @@ class GRPOTrainer:
                     num_tokens=num_tokens,
                     num_seqs=num_seqs,
                     max_response_length=cfg.max_response_length,
+                    off_policy=micro.get("off_policy"),
+                    off_policy_gamma=cfg.off_policy_gamma,
+                    per_row="source_ids" in micro,
                 )
                 # x world_size undoes the all-reduce's average: the synchronized gradient is
                 # the sum of every process's shares
@@ -493,9 +552,12 @@ class GRPOTrainer:
                 self._backward(out["loss"] if scale == 1 else out["loss"] * scale)
             for key in keys:
                 sums[key] += float(out[key].detach())
+            if "source_ids" in micro:
+                by_source.add(micro, out["pg_seq_sum"], lp.detach())
         if self.world_size > 1:  # every process's shares add up to the batch's values
             local = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
             sums = dict(zip(keys, self.accelerator.reduce(local, "sum").tolist(), strict=True))
+            by_source.reduce(self.accelerator)
 
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm and cfg.max_grad_norm > 0 else math.inf
         norm = self._clip_grad_norm(max_norm)
@@ -523,11 +585,14 @@ class GRPOTrainer:
             "train/advantages": batch["advantages"].tolist(),
             "train/reward_mean": float(rewards.mean()),
             "train/reward_std": float(rewards.std(unbiased=False)),
-            "train/frac_reward_zero_std": float((batch["group_reward_std"] == 0).float().mean()),
+            "train/frac_reward_zero_std": frac_zero_std_groups(
+                batch["group_ids"], batch["group_reward_std"]
+            ),
             "train/response_tokens": int(num_tokens),
             "train/tokens_per_s": float(batch["attention_mask"].sum()) / max(elapsed, 1e-9),
             "train/step_time_s": elapsed,
             "train/skipped": int(skipped),
+            **by_source.metrics(batch, float(num_tokens)),
         }
 
     # ------------------------------------------------------------ epochs

@@ -31,6 +31,11 @@ class Completion:
     cost_usd: float | None = None  # None = price unknown (never silently $0)
     latency_s: float = 0.0
     cached: bool = False
+    # What the model saw and emitted, token for token (backends that know it: local).
+    # GRPO trains a policy sample on exactly these ids.
+    prompt_ids: list[int] | None = None
+    completion_ids: list[int] | None = None  # the stop token included when it emitted one
+    stopped: bool | None = None  # True: ended on a stop token; False: cut at max_new_tokens
 
 
 class LLMError(RuntimeError):

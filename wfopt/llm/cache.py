@@ -78,13 +78,24 @@ class CachedLLM:
         """Raw-prompt generation (the policy's own format), cached like `complete`."""
         key = cache_key(self.name, [{"role": "text", "content": prompt}], params, sample_index)
         return await self._cached(
-            key, lambda: self.inner.complete_text(prompt, params, sample_index)
+            key,
+            lambda: self.inner.complete_text(prompt, params, sample_index),
+            # policy samples are trained on their token ids: an entry stored without them
+            # (an older wfopt) is generated again rather than served
+            needs_ids=True,
         )
 
-    async def _cached(self, key: str, generate: Callable[[], Awaitable[Completion]]) -> Completion:
+    async def _cached(
+        self,
+        key: str,
+        generate: Callable[[], Awaitable[Completion]],
+        needs_ids: bool = False,
+    ) -> Completion:
         start = time.perf_counter()
         while True:
             stored = self._get(key)
+            if needs_ids and stored is not None and stored.completion_ids is None:
+                stored = None
             if stored is None and key in self._in_flight:
                 # the same request is being generated: share its answer
                 stored = await asyncio.shield(self._in_flight[key])

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from wfopt.llm.base import Completion, LLMError, Message, SamplingParams
+from wfopt.policy import encode_prompt
 
 if TYPE_CHECKING:
     from wfopt.config import HardwareConfig, ModelConfig
@@ -43,6 +44,8 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int  # generated tokens, the stop token included
     stopped: bool  # True: ended on a stop token; False: hit max_new_tokens
+    prompt_ids: list[int]  # the prompt exactly as the model saw it
+    completion_ids: list[int]  # every generated token, the stop token included
 
 
 @dataclass
@@ -268,6 +271,9 @@ class LocalLLM:
                                 completion_tokens=g.completion_tokens,
                                 cost_usd=0.0,  # local compute: a known price of zero
                                 latency_s=now - r.submitted,
+                                prompt_ids=g.prompt_ids,
+                                completion_ids=g.completion_ids,
+                                stopped=g.stopped,
                             )
                         )
         finally:  # cancelled (aclose, loop shutdown): nobody must wait forever
@@ -303,9 +309,9 @@ class LocalLLM:
 
     def _left_padded(
         self, prompts: list[str], device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-        """(input_ids, attention_mask, position_ids, prompt lengths) with left padding."""
-        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[int]]]:
+        """(input_ids, attention_mask, position_ids, prompt ids) with left padding."""
+        ids = [encode_prompt(p, self.tokenizer) for p in prompts]
         if any(not row for row in ids):
             raise ValueError("empty prompt: nothing to condition the generation on")
         width = max(len(row) for row in ids)
@@ -316,7 +322,7 @@ class LocalLLM:
             [[0] * (width - len(r)) + [1] * len(r) for r in ids], device=device
         )
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        return input_ids, attention, positions, [len(r) for r in ids]
+        return input_ids, attention, positions, ids
 
     def _decode(
         self, prompts: list[str], params: list[SamplingParams], sample_indices: list[int]
@@ -324,7 +330,7 @@ class LocalLLM:
         from transformers import DynamicCache
 
         device = next(self.model.parameters()).device
-        input_ids, attention, positions, prompt_lens = self._left_padded(prompts, device)
+        input_ids, attention, positions, prompt_ids = self._left_padded(prompts, device)
         generators = [
             torch.Generator().manual_seed(request_seed(p, i, prompt))
             for p, i, prompt in zip(params, sample_indices, prompts, strict=True)
@@ -374,9 +380,11 @@ class LocalLLM:
                 text=self.tokenizer.decode(
                     t[:-1] if stop else t, skip_special_tokens=True
                 ),  # the stop token is not part of the answer
-                prompt_tokens=n,
+                prompt_tokens=len(ids),
                 completion_tokens=len(t),
                 stopped=stop,
+                prompt_ids=list(ids),
+                completion_ids=t,
             )
-            for t, n, stop in zip(tokens, prompt_lens, stopped, strict=True)
+            for t, ids, stop in zip(tokens, prompt_ids, stopped, strict=True)
         ]

@@ -31,7 +31,7 @@ from typing import Any
 
 from wfopt.evaluate import Record, execute
 from wfopt.llm.base import LLM, SamplingParams
-from wfopt.policy import Parent, build_policy_prompt, workflow_from_completion
+from wfopt.policy import Parent, PolicySample, sample_policy
 from wfopt.search.edits import propose_edit
 from wfopt.search.selection import aflow_choice, uct_choice
 from wfopt.search.tree import Node, Tree
@@ -156,19 +156,28 @@ def dataset_evaluator(
 class PolicyProposer:
     """Samples workflows from the policy LLM with the shared prompt builder (policy.py).
 
-    `llm` must offer `complete_text` (a local model, possibly behind the response cache);
-    `tokenizer` is the policy's when it formats prompts with its chat template, else None.
+    `llm` must offer `complete_text` (a local model, possibly behind the response cache); its
+    chat template is used when the backend uses one.
     """
 
-    def __init__(self, llm: Any, params: SamplingParams, tokenizer: Any | None = None) -> None:
+    def __init__(self, llm: Any, params: SamplingParams) -> None:
         self.llm = llm
         self.params = params
-        self.tokenizer = tokenizer
 
-    async def sample(self, task: str, parent: Parent | None, sample_index: int) -> str:
-        prompt = build_policy_prompt(task, self.tokenizer, parent)
-        completion = await self.llm.complete_text(prompt, self.params, sample_index)
-        return workflow_from_completion(completion.text)
+    async def sample(self, task: str, parent: Parent | None, sample_index: int) -> PolicySample:
+        return await sample_policy(self.llm, task, self.params, sample_index, parent)
+
+
+@dataclass
+class ExtraSample:
+    """A policy sample that made no node of its own: invalid code (`node` None), or a
+    workflow already in the tree (`node`: that node, whose evaluation it shares). Each is
+    still a draw from the policy, so it joins the problem's group for on-policy training."""
+
+    sample: PolicySample
+    origin: str  # policy_sample:invalid | policy_sample:duplicate | policy:invalid | ...
+    node: int | None
+    reason: str = ""
 
 
 @dataclass
@@ -184,8 +193,8 @@ class TreeSearch:
     task_id: str | int = ""  # the problem's id (for reports)
     tree: Tree = field(default_factory=Tree)
     stats: SearchStats = field(default_factory=SearchStats)
-    # the policy's own samples (training prompt) that failed validation: (source, reason)
-    invalid_samples: list[tuple[str, str]] = field(default_factory=list)
+    # the policy's samples that made no node: invalid ones and duplicates (see ExtraSample)
+    extra_samples: list[ExtraSample] = field(default_factory=list)
 
     async def run(self, seed_source: str, policy_samples: int = 0) -> Tree:
         seed = parse_workflow(seed_source)
@@ -242,20 +251,28 @@ class TreeSearch:
 
     # -- expansion ---------------------------------------------------------------------------
 
-    def _accept(self, source: str, rejected: list | None = None) -> Workflow | None:
-        """The workflow if `source` is valid and new to the tree (counts rejections; invalid
-        sources go to `rejected` if given)."""
+    def _accept(self, sample: PolicySample, origin: str) -> Workflow | None:
+        """The workflow of a policy sample if it is valid and new to the tree; otherwise the
+        sample is counted and kept as an `ExtraSample` of `origin`."""
         try:
-            workflow = parse_workflow(source)
+            workflow = parse_workflow(sample.code)
         except InvalidWorkflow as err:
             self.stats.invalid += 1
-            if rejected is not None:
-                rejected.append((source, str(err)))
+            self.extra_samples.append(ExtraSample(sample, f"{origin}:invalid", None, str(err)))
             return None
         if workflow.hash in self.tree.by_hash:
             self.stats.duplicates += 1
+            node = self.tree.by_hash[workflow.hash]
+            self.extra_samples.append(ExtraSample(sample, f"{origin}:duplicate", node))
             return None
         return workflow
+
+    def _add_sample_node(
+        self, workflow: Workflow, sample: PolicySample, parent: Node, origin: str
+    ) -> Node:
+        node = self.tree.add(workflow.hash, sample.code, parent, origin)
+        node.sample = sample
+        return node
 
     async def expand(self, node: Node) -> tuple[Node, Workflow] | None:
         """A new child of `node`: the policy's first usable proposal, else a structural edit."""
@@ -265,16 +282,17 @@ class TreeSearch:
             first = node.proposals
             tries = 1 + max(0, int(self.cfg.max_invalid_retries))
             parent = Parent(node.source, node.score, node.notes)
-            sources = await asyncio.gather(
+            samples = await asyncio.gather(
                 *(self.proposer.sample(self.task, parent, first + i) for i in range(tries))
             )
-            for i, source in enumerate(sources):
+            # samples after the accepted one are dropped unseen (by index, not by content)
+            for i, sample in enumerate(samples):
                 self.stats.proposals += 1
-                workflow = self._accept(source)
+                workflow = self._accept(sample, "policy")
                 if workflow is not None:
                     node.proposals = first + i + 1
                     self.stats.policy_children += 1
-                    return self.tree.add(workflow.hash, source, node, "policy"), workflow
+                    return self._add_sample_node(workflow, sample, node, "policy"), workflow
             node.proposals = first + tries
         edit = propose_edit(node.source, set(self.tree.by_hash), self.rng, self.code_task)
         if edit is None:
@@ -287,17 +305,16 @@ class TreeSearch:
         """The policy's own workflows for the task (training prompt), as the root's first
         children: the loop's feedback from policy to search. Returns how many were added."""
         assert self.proposer is not None
-        sources = await asyncio.gather(
+        samples = await asyncio.gather(
             *(self.proposer.sample(self.task, None, i) for i in range(k))
         )
         self.stats.proposals += k
         children = []
-        for source in sources:
-            workflow = self._accept(source, self.invalid_samples)
+        for sample in samples:
+            workflow = self._accept(sample, "policy_sample")
             if workflow is not None:
-                children.append(
-                    (self.tree.add(workflow.hash, source, root, "policy_sample"), workflow)
-                )
+                node = self._add_sample_node(workflow, sample, root, "policy_sample")
+                children.append((node, workflow))
         self.stats.policy_children += len(children)
         await asyncio.gather(*(self._evaluate(node, wf) for node, wf in children))
         return len(children)

@@ -34,6 +34,7 @@ from wfopt.search.mcts import (
     dataset_evaluator,
 )
 from wfopt.search.tree import Tree
+from wfopt.trajectory import Trajectory
 from wfopt.workflow import operators_used
 
 log = logging.getLogger(__name__)
@@ -51,36 +52,51 @@ class SearchError(RuntimeError):
 def trajectory_record(
     problem: Any, search: TreeSearch, dataset: str, split: str, keep_invalid: bool = True
 ) -> dict[str, Any]:
-    """One problem's group, in the schema `wfopt train` reads (grpo/data.py): every tree node,
-    then (`keep_invalid`) the policy's own samples that failed validation, at reward
-    `mcts.invalid_reward` (GRPO then pushes the policy away from invalid code)."""
-    nodes = search.tree.nodes
-    runs = [max(n.ledger.get("runs", 1), 1) for n in nodes]
-    invalid = search.invalid_samples if keep_invalid else []
+    """One problem's group (`wfopt.trajectory.Trajectory`, the schema `wfopt train` reads):
+    every tree node, then every policy sample that made no node of its own: duplicates at the
+    reward of the node they repeat, and (`keep_invalid`) invalid ones at
+    `mcts.invalid_reward` (GRPO then pushes the policy away from invalid code). Policy samples
+    carry their exact prompt and completion ids."""
     invalid_reward = float(search.cfg.invalid_reward)
-    return {
-        "problem": problem.question,
-        "problem_id": problem.id,
-        "workflow_codes": [n.source for n in nodes] + [source for source, _ in invalid],
-        "rewards": [n.reward for n in nodes] + [invalid_reward] * len(invalid),
-        "scores": [n.score for n in nodes] + [0.0] * len(invalid),
-        # mean USD per run, None where the executor's price is unknown
-        "costs": [
-            None if n.ledger.get("cost_usd") is None else n.ledger["cost_usd"] / r
-            for n, r in zip(nodes, runs, strict=True)
-        ]
-        + [0.0] * len(invalid),
-        "tokens": [
-            (n.ledger.get("prompt_tokens", 0) + n.ledger.get("completion_tokens", 0)) / r
-            for n, r in zip(nodes, runs, strict=True)
-        ]
-        + [0] * len(invalid),
-        "sources": [n.origin for n in nodes] + ["invalid_sample"] * len(invalid),
-        "hashes": [n.hash for n in nodes] + [None] * len(invalid),
-        "parents": [n.parent for n in nodes] + [None] * len(invalid),
-        "dataset": dataset,
-        "split": split,
-    }
+    # one row per workflow: (code, origin, policy sample or None, evaluation numbers)
+    rows: list[tuple[str, str, Any, dict[str, Any]]] = []
+    for n in search.tree.nodes:
+        runs = max(n.ledger.get("runs", 1), 1)
+        cost = n.ledger.get("cost_usd")
+        tokens = n.ledger.get("prompt_tokens", 0) + n.ledger.get("completion_tokens", 0)
+        evaluation = {
+            "rewards": n.reward,
+            "scores": n.score,
+            "costs": None if cost is None else cost / runs,  # mean USD per run
+            "tokens": tokens / runs,
+            "hashes": n.hash,
+            "parents": n.parent,
+        }
+        rows.append((n.source, n.origin, n.sample, evaluation))
+    invalid = {"rewards": invalid_reward, "scores": 0.0, "costs": 0.0, "tokens": 0}
+    for extra in search.extra_samples:
+        if extra.node is not None:  # a duplicate shares its node's evaluation
+            rows.append((extra.sample.code, extra.origin, extra.sample, rows[extra.node][3]))
+        elif keep_invalid:
+            evaluation = {**invalid, "hashes": None, "parents": None}
+            rows.append((extra.sample.code, extra.origin, extra.sample, evaluation))
+    samples = [sample for _, _, sample, _ in rows]
+    report_only = ("scores", "costs", "tokens", "hashes", "parents")
+    return Trajectory(
+        problem=problem.question,
+        problem_id=problem.id,
+        workflow_codes=[code for code, _, _, _ in rows],
+        rewards=[evaluation["rewards"] for _, _, _, evaluation in rows],
+        sources=[origin for _, origin, _, _ in rows],
+        prompt_ids=[None if s is None else s.prompt_ids for s in samples],
+        completion_ids=[None if s is None else s.completion_ids for s in samples],
+        stopped=[None if s is None else s.stopped for s in samples],
+        extra={
+            **{key: [evaluation[key] for *_, evaluation in rows] for key in report_only},
+            "dataset": dataset,
+            "split": split,
+        },
+    ).to_json()
 
 
 def finished_problem_ids(path: Path) -> set[str]:
@@ -403,7 +419,7 @@ def policy_proposer(cfg: DictConfig, policy: Any, executor: Any = None) -> Polic
         max_new_tokens=int(cfg.mcts.proposal_max_tokens),
         seed=int(cfg.seed),
     )
-    return PolicyProposer(llm, params, policy.tokenizer if policy.chat_template else None)
+    return PolicyProposer(llm, params)
 
 
 def build_search_llms(cfg: DictConfig, policy: Any = None) -> tuple[Any, PolicyProposer | None]:

@@ -30,6 +30,9 @@ class Node:
     children: list[int] = field(default_factory=list)
     proposals: int = 0  # expansion attempts made from this node (policy sample indices)
     exhausted: bool = False  # no new child could be made from it
+    # the policy's sample this node came from (origin policy / policy_sample): its exact
+    # prompt and completion ids, trained on as they were sampled
+    sample: Any = None
 
     @property
     def value(self) -> float:
@@ -92,7 +95,10 @@ class Tree:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "nodes": [{**asdict(n), "value": n.value} for n in self.nodes],
+            "nodes": [
+                {**{k: v for k, v in asdict(n).items() if k != "sample"}, "value": n.value}
+                for n in self.nodes
+            ],
             "edges": [[n.parent, n.id] for n in self.nodes if n.parent is not None],
             "best": self.best().id if self.nodes else None,
         }
