@@ -26,7 +26,8 @@ from rich.table import Table
 OVERRIDES = [
     "loop.episodes=4",
     "loop.problems_per_episode=10",
-    "loop.eval_problems=40",
+    "loop.val_problems=40",
+    "loop.test_problems=200",
     "loop.policy_samples=6",
     "loop.replay_episodes=1",
     "mcts.iterations=2",

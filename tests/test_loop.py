@@ -25,11 +25,14 @@ from wfopt.loop import (
 
 WFOPT = Path(sys.executable).with_name("wfopt")
 
-# the smallest loop that still does everything: 2 episodes x 2 problems, 2 held-out problems
+# the smallest loop that still does everything: 2 episodes x 2 problems, 2 validation and
+# 3 test problems, one baseline
 TINY = [
     "loop.episodes=2",
     "loop.problems_per_episode=2",
-    "loop.eval_problems=2",
+    "loop.val_problems=2",
+    "loop.test_problems=3",
+    "loop.baselines=[io]",
     "loop.policy_samples=1",
     "loop.policy_max_tokens=40",
     "mcts.iterations=1",
@@ -73,9 +76,10 @@ def test_plan_counts_by_hand():
             "loop": {
                 "episodes": 3,
                 "problems_per_episode": 5,
-                "eval_problems": 10,
+                "val_problems": 10,
+                "test_problems": 20,
                 "eval_samples": 2,
-                "eval_split": "test",
+                "baselines": ["io"],
                 "policy_samples": 4,
             },
             "mcts": {
@@ -100,7 +104,8 @@ def test_plan_counts_by_hand():
     assert rows["workflow evaluations per tree (max)"] == 1 + 6 + 4
     assert rows["workflow runs, all episodes (max)"] == 15 * 11 * 2
     assert rows["policy samples, search (max)"] == 15 * (4 + 6 * 3)
-    assert rows["policy samples, held-out evaluations"] == 4 * 10 * 2
+    # validation before and after each of 3 episodes, test for the untrained and selected
+    assert rows["policy samples, held-out evaluations"] == (4 * 10 + 2 * 20) * 2
 
 
 def test_dry_run_prints_the_plan_and_loads_nothing(cli, tmp_path):
@@ -155,8 +160,25 @@ def test_loop_killed_mid_episode_resumes_without_loss_or_duplicates(cli, tmp_pat
         assert len(ids) == len(set(ids)) == 2  # nothing lost, nothing twice
     after = {r["problem_id"]: r for r in _lines(first_episode)}
     assert searched_before <= set(after)
-    labels = [row["label"] for row in state["results"]]
-    assert labels == ["baseline io", "untrained policy", "episode 1", "episode 2"]
+    rows = [(row["split"], row["label"]) for row in state["results"]]
+    selected = state["results"][-1]["episode"]
+    assert rows == [
+        ("validation", "untrained policy"),
+        ("validation", "episode 1"),
+        ("validation", "episode 2"),
+        ("test", "baseline io"),
+        ("test", "untrained policy"),
+        ("test", f"episode {selected} (selected)"),
+    ]
+    val = {r["episode"]: r["accuracy"] for r in state["results"][1:3]}
+    best = max(val.values())  # chosen on validation, ties to the later episode
+    assert val[selected] == best and selected == max(e for e, a in val.items() if a == best)
+    final = state["results"][-1]
+    assert final["n"] == 3 and set(final) >= {"vs_untrained", "vs_best_baseline"}
+    untrained, io = state["scores"]["test/untrained policy"], state["scores"]["test/baseline io"]
+    mine = state["scores"][f"test/episode {selected} (selected)"]
+    assert final["vs_best_baseline"]["diff"] == pytest.approx((sum(mine) - sum(io)) / 3)
+    assert final["vs_untrained"]["diff"] == pytest.approx((sum(mine) - sum(untrained)) / 3)
     assert Path(state["checkpoint"]).is_dir()
     metrics = _lines(run / "metrics.jsonl")
     assert any("train/pg_loss" in m for m in metrics)
@@ -183,8 +205,12 @@ def test_executor_outage_fails_the_episode_clearly(cli, tmp_path, dead_executor)
     assert result.returncode != 0
     assert "executor is unreachable" in result.stderr and f"resume={run}" in result.stderr
     state = load_state(run)
-    assert state["episode"] == 0 and state["results"] == []
-    assert not (run / "episodes").exists()
+    # the untrained policy's validation row may be complete (its workflows can all be invalid,
+    # needing no executor); nothing of the episode is recorded
+    assert state["episode"] == 0 and state["trained"] is None
+    assert [r["label"] for r in state["results"]] in ([], ["untrained policy"])
+    trajectories = run / "episodes" / "000" / "trajectories.jsonl"
+    assert not trajectories.exists() or not trajectories.read_text().strip()
 
 
 def test_resume_keeps_the_runs_config_and_applies_dotted_overrides(tmp_path):

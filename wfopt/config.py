@@ -247,18 +247,24 @@ class TrainConfig(RunConfig):
 
 @dataclass
 class LoopSettings:
-    """`wfopt loop` episodes: search with the current policy -> GRPO -> held-out evaluation."""
+    """`wfopt loop` episodes: search with the current policy -> GRPO -> held-out evaluation.
+
+    Model selection and the per-episode curve use the validation split; the test split is
+    scored once, at the end, for the baselines, the untrained policy and the selected episode.
+    """
 
     episodes: int = 2
     problems_per_episode: int = 6  # training problems searched per episode (in a seeded order)
-    eval_problems: int = 20  # held-out problems scored after every episode (and before any)
-    eval_split: str = "test"  # where held-out problems come from
-    eval_samples: int = 1  # workflows the policy writes per held-out problem
+    val_problems: int = 20  # validation problems scored before any episode and after each
+    test_problems: int = 40  # test problems scored once, at the end
+    select: str = "best_val"  # the episode reported on test: best_val (ties: later) | last
+    eval_samples: int = 1  # workflows the policy writes per held-out problem (scores averaged)
     eval_temperature: float = 0.0  # 0 = greedy (with eval_samples=1)
     policy_samples: int = 4  # the policy's own workflows per training problem (first children)
     policy_max_tokens: int = 160  # longest workflow body the policy may write
     replay_episodes: int = 0  # also train on the trajectories of this many previous episodes
-    baseline_workflow: str = "io"  # fixed reference workflow scored on the held-out problems
+    # fixed reference workflows scored on the test problems (conf/workflow/<name>.yaml)
+    baselines: list[str] = field(default_factory=lambda: ["io", "cot", "programmer"])
 
 
 @dataclass

@@ -1,18 +1,24 @@
 """`wfopt loop`: search -> train -> held-out evaluation, episode after episode, resumable.
 
-Before the first episode the untrained policy and a fixed baseline workflow are scored on the
-held-out problems, so every run shows its own before/after. Episode e then:
+Before the first episode the untrained policy is scored on the validation problems. Episode e
+then:
 
 1. search: the next `loop.problems_per_episode` training problems (a seeded order), one tree
    each, the current policy proposing children; the policy also writes
    `loop.policy_samples` workflows per problem from the training prompt as the root's first
-   children (its invalid ones join the group at reward 0): the feedback loop;
+   children (its invalid ones join the group at `mcts.invalid_reward`): the feedback loop;
 2. train: GRPO on this episode's trajectories (plus `loop.replay_episodes` earlier ones),
    continuing from the previous episode's weights and optimizer state;
-3. evaluate: the new policy writes a workflow for each held-out problem; valid rate,
-   accuracy, cost and operator use are logged as `eval/*`;
+3. evaluate: the new policy writes a workflow for each *validation* problem; valid rate,
+   accuracy, cost and operator use are logged as `eval/*` (the learning curve);
 4. checkpoint: `state.json` (episode, problem cursor, policy checkpoint, global train step,
    W&B run id, the results table) is replaced atomically.
+
+After the last episode, the episode to report is chosen on validation (`loop.select`), and the
+*test* problems are scored once: every baseline workflow (`loop.baselines`), the untrained
+policy and the selected episode's policy. The final table compares them pairwise on the same
+test problems (paired bootstrap and McNemar, `wfopt.stats`), so the headline number is never
+chosen on the data it reports.
 
 The executor is the configured model, frozen: only the policy learns, so rewards of later
 episodes measure better workflows, not a different executor (and cached executor responses
@@ -25,7 +31,7 @@ Layout of a run directory:
     episodes/000/trajectories.jsonl   that episode's groups (the `wfopt train` format)
     episodes/000/trees/*.json         its search trees
     checkpoints/step-NNNNNN/          policy checkpoints (see grpo/checkpoint.py)
-    eval/<label>.jsonl                per-problem records of every held-out evaluation
+    eval/<split>-<label>.jsonl        per-problem records of every held-out evaluation
     metrics.jsonl, results.json       all metrics; the final table
 """
 
@@ -83,6 +89,7 @@ def new_state() -> dict[str, Any]:
         "trained": None,  # {"episode", "checkpoint", "train_step"}: trained, not yet evaluated
         "wandb_run_id": None,
         "results": [],  # one row per held-out evaluation (the final table)
+        "scores": {},  # "<split>/<label>" -> per-problem scores (for the paired comparisons)
     }
 
 
@@ -116,20 +123,25 @@ def episode_problems(problems: list[Any], seed: int, start: int, count: int) -> 
 # ----------------------------------------------------------------------------------- plan
 
 
-def plan(cfg: DictConfig, n_train: int | None = None, n_eval: int | None = None) -> dict:
+def plan(
+    cfg: DictConfig, n_train: int | None = None, n_eval: tuple[int, int] | None = None
+) -> dict:
     """Budgets and upper bounds on LLM calls, from the config alone."""
     lp, m = cfg.loop, cfg.mcts
     per_tree_evals = 1 + m.iterations + lp.policy_samples
     per_tree_proposals = lp.policy_samples + m.iterations * (1 + m.max_invalid_retries)
     problems = lp.episodes * lp.problems_per_episode
     runs = problems * per_tree_evals * m.rollouts
-    evals = (lp.episodes + 1) * lp.eval_problems * lp.eval_samples
+    evals = ((lp.episodes + 1) * lp.val_problems + 2 * lp.test_problems) * lp.eval_samples
     return {
         "episodes": lp.episodes,
         "training problems per episode": lp.problems_per_episode,
         "training problems available": n_train,
-        "held-out problems": f"{lp.eval_problems} ({cfg.dataset.name}/{lp.eval_split}"
-        + (f", {n_eval} available)" if n_eval is not None else ")"),
+        "validation problems (per episode)": f"{lp.val_problems} ({cfg.dataset.name}/validation"
+        + (f", {n_eval[0]} available)" if n_eval is not None else ")"),
+        "test problems (once, at the end)": f"{lp.test_problems} ({cfg.dataset.name}/test"
+        + (f", {n_eval[1]} available)" if n_eval is not None else ")"),
+        "baselines (test)": ", ".join(lp.baselines) or "-",
         "workflow evaluations per tree (max)": per_tree_evals,
         "workflow runs, all episodes (max)": runs,
         "executor calls, search (max)": runs * m.max_operator_calls,
@@ -172,11 +184,15 @@ class Loop:
         lp = cfg.loop
         self.dataset = load_dataset(cfg.dataset)
         self.train_problems = self.dataset.problems("train")
-        self.eval_problems = self.dataset.problems(lp.eval_split)[: lp.eval_problems]
-        if not self.train_problems or not self.eval_problems:
+        self.held_out = {
+            "validation": self.dataset.problems("validation")[: lp.val_problems],
+            "test": self.dataset.problems("test")[: lp.test_problems],
+        }
+        if not self.train_problems or not all(self.held_out.values()):
+            counts = ", ".join(f"{len(v)} {k}" for k, v in self.held_out.items())
             raise LoopError(
-                f"{cfg.dataset.name}: {len(self.train_problems)} train and "
-                f"{len(self.eval_problems)} {lp.eval_split} problems; the loop needs both"
+                f"{cfg.dataset.name}: {len(self.train_problems)} train, {counts} problems; "
+                "the loop needs all three"
             )
         self.tracker = Tracker(
             run_dir,
@@ -214,11 +230,12 @@ class Loop:
 
     # -- phases ------------------------------------------------------------------------------
 
-    async def evaluate_policy(self, label: str) -> dict[str, Any]:
+    async def evaluate_policy(self, label: str, split: str) -> dict[str, Any]:
         lp = self.cfg.loop
         start = time.perf_counter()
+        problems = self.held_out[split]
         records = await evaluate_policy(
-            self.eval_problems,
+            problems,
             self.dataset,
             self._cached(self.policy),
             self.executor,
@@ -228,28 +245,30 @@ class Loop:
             max_operator_calls=self.cfg.mcts.max_operator_calls,
             timeout_s=self.cfg.mcts.timeout_s,
             show_progress=self.cfg.show_progress,
-            description=f"held-out: {label}",
+            description=f"{split}: {label}",
         )
-        self._write_records(label, records)
+        self._write_records(f"{split}-{label}", records)
+        self.state["scores"][f"{split}/{label}"] = problem_scores(records, problems)
         return policy_summary(records, time.perf_counter() - start)
 
-    async def evaluate_baseline(self) -> dict[str, Any]:
+    async def evaluate_baseline(self, name: str) -> dict[str, Any]:
         from wfopt.baselines import load_baseline
 
-        name = self.cfg.loop.baseline_workflow
         start = time.perf_counter()
+        problems = self.held_out["test"]
         records = await evaluate_problems(
             load_baseline(name),
-            self.eval_problems,
+            problems,
             self.dataset,
             self.executor,
             self.executor_params,
             max_operator_calls=self.cfg.mcts.max_operator_calls,
             timeout_s=self.cfg.mcts.timeout_s,
             show_progress=self.cfg.show_progress,
-            description=f"held-out: baseline {name}",
+            description=f"test: baseline {name}",
         )
-        self._write_records(f"baseline-{name}", records)
+        self._write_records(f"test-baseline-{name}", records)
+        self.state["scores"][f"test/baseline {name}"] = problem_scores(records, problems)
         return summarize(records, time.perf_counter() - start)
 
     def _write_records(self, label: str, records: list[Any]) -> None:
@@ -392,6 +411,9 @@ class Loop:
 
     def record(self, row: dict[str, Any]) -> None:
         self.state["results"].append(row)
+        self.record_all()
+
+    def record_all(self) -> None:
         save_state(self.run_dir, self.state)
         tmp = self.run_dir / ".results.json.tmp"
         tmp.write_text(json.dumps(self.state["results"], indent=2))
@@ -399,15 +421,11 @@ class Loop:
 
     async def run(self) -> None:
         state, lp = self.state, self.cfg.loop
-        labels = {row["label"] for row in state["results"]}
-        if f"baseline {lp.baseline_workflow}" not in labels:
-            summary = await self.evaluate_baseline()
-            self.tracker.log(eval_metrics(summary, "eval_baseline"), step=0)
-            self.record(_row(f"baseline {lp.baseline_workflow}", -1, summary))
-        if "untrained policy" not in labels:
-            summary = await self.evaluate_policy("untrained")
+        done = {(row["split"], row["label"]) for row in state["results"]}
+        if ("validation", "untrained policy") not in done:
+            summary = await self.evaluate_policy("untrained policy", "validation")
             self.tracker.log(eval_metrics(summary), step=0)
-            self.record(_row("untrained policy", 0, summary))
+            self.record(_row("untrained policy", "validation", 0, summary))
         while state["episode"] < lp.episodes:
             episode = state["episode"]
             log.info("episode %d/%d", episode + 1, lp.episodes)
@@ -417,18 +435,51 @@ class Loop:
                 self.train(episode)
             trained = state["trained"]
             self.policy = self._load_policy(trained["checkpoint"])
-            summary = await self.evaluate_policy(f"episode-{episode + 1}")
+            summary = await self.evaluate_policy(f"episode {episode + 1}", "validation")
             state["train_step"] = trained["train_step"]
             self.tracker.log(
                 {**eval_metrics(summary), "loop/episode": episode + 1}, step=state["train_step"]
             )
+            state["checkpoints"] = {
+                **state.get("checkpoints", {}),
+                str(episode + 1): trained["checkpoint"],
+            }
             state.update(
                 episode=episode + 1,
                 cursor=state["cursor"] + lp.problems_per_episode,
                 checkpoint=trained["checkpoint"],
                 trained=None,
             )
-            self.record(_row(f"episode {episode + 1}", episode + 1, summary))
+            self.record(_row(f"episode {episode + 1}", "validation", episode + 1, summary))
+        await self.final_test(done)
+
+    async def final_test(self, done: set[tuple[str, str]]) -> None:
+        """Score the test problems once: each baseline, the untrained policy and the episode
+        selected on validation; then the paired comparisons between them."""
+        state, lp = self.state, self.cfg.loop
+        for name in lp.baselines:
+            if ("test", f"baseline {name}") not in done:
+                summary = await self.evaluate_baseline(name)
+                self.tracker.log(eval_metrics(summary, f"test_baseline/{name}"), step=0)
+                self.record(_row(f"baseline {name}", "test", -1, summary))
+        await self._release_policy()
+        candidates = [("untrained policy", 0, None)]
+        episode = select_episode(state["results"], lp.select)
+        if episode is not None:
+            checkpoint = state.get("checkpoints", {}).get(str(episode), state["checkpoint"])
+            candidates.append((f"episode {episode} (selected)", episode, checkpoint))
+        for label, number, checkpoint in candidates:
+            if ("test", label) in done:
+                continue
+            self.policy = self._load_policy(checkpoint)
+            summary = await self.evaluate_policy(label, "test")
+            metrics = {f"test/{k.split('/', 1)[1]}": v for k, v in eval_metrics(summary).items()}
+            self.tracker.log(metrics, step=state["train_step"])
+            self.record(_row(label, "test", number, summary))
+            await self._release_policy()
+        add_paired_comparisons(state["results"], state["scores"], lp.baselines)
+        self.record_all()
+        self.tracker.summary(paired_metrics(state["results"]))
 
     async def _release_policy(self) -> None:
         """Free a trained policy's memory before training loads the weights again."""
@@ -442,9 +493,10 @@ class Loop:
             await self.policy.aclose()
 
 
-def _row(label: str, episode: int, summary: dict[str, Any]) -> dict[str, Any]:
+def _row(label: str, split: str, episode: int, summary: dict[str, Any]) -> dict[str, Any]:
     return {
         "label": label,
+        "split": split,
         "episode": episode,
         "n": summary["n"],
         "valid_rate": summary.get("valid_rate"),
@@ -458,12 +510,86 @@ def _row(label: str, episode: int, summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def problem_scores(records: list[Any], problems: list[Any]) -> list[float]:
+    """One score per problem, in `problems` order: the mean over that problem's records (the
+    policy may write several workflows per problem)."""
+    totals: dict[str, list[float]] = {str(p.id): [] for p in problems}
+    for r in records:
+        totals[str(r.problem_id)].append(r.score)
+    return [sum(v) / len(v) if v else 0.0 for v in totals.values()]
+
+
+def select_episode(rows: list[dict[str, Any]], rule: str) -> int | None:
+    """The episode to report on test, chosen on validation rows only: the highest validation
+    accuracy (ties: the later episode), or the last one. None before any episode."""
+    episodes = [r for r in rows if r["split"] == "validation" and r["episode"] >= 1]
+    if not episodes:
+        return None
+    if rule == "last":
+        return max(r["episode"] for r in episodes)
+    return max(episodes, key=lambda r: (r["accuracy"], r["episode"]))["episode"]
+
+
+def add_paired_comparisons(
+    rows: list[dict[str, Any]], scores: dict[str, list[float]], baselines: list[str]
+) -> None:
+    """Give every test row of a policy `vs_untrained` and `vs_best_baseline`: the paired
+    comparison (difference [95% CI], bootstrap and McNemar p) on the same test problems. The
+    best baseline is the one with the highest test accuracy (the hardest reference)."""
+    from wfopt.stats import compare_paired
+
+    test = {r["label"]: r for r in rows if r["split"] == "test"}
+    present = [f"baseline {b}" for b in baselines if f"baseline {b}" in test]
+    best = max(present, key=lambda label: test[label]["accuracy"], default=None)
+    for label, row in test.items():
+        if label.startswith("baseline "):
+            continue
+        mine = scores[f"test/{label}"]
+        if label != "untrained policy" and "test/untrained policy" in scores:
+            row["vs_untrained"] = compare_paired(mine, scores["test/untrained policy"]).as_dict()
+        if best is not None:
+            row["vs_best_baseline"] = {
+                "baseline": best,
+                **compare_paired(mine, scores[f"test/{best}"]).as_dict(),
+            }
+
+
+def paired_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Summary metrics of the selected episode's paired comparisons (`test/paired/*`)."""
+    out: dict[str, Any] = {}
+    for row in rows:
+        if row["split"] != "test" or not row["label"].endswith("(selected)"):
+            continue
+        for key in ("vs_untrained", "vs_best_baseline"):
+            if key in row:
+                c = row[key]
+                out[f"test/paired/{key}/diff"] = c["diff"]
+                out[f"test/paired/{key}/ci_low"], out[f"test/paired/{key}/ci_high"] = c["ci95"]
+                out[f"test/paired/{key}/p_bootstrap"] = c["p_bootstrap"]
+                if c["p_mcnemar"] is not None:
+                    out[f"test/paired/{key}/p_mcnemar"] = c["p_mcnemar"]
+    return out
+
+
+def _paired_cell(comparison: dict[str, Any] | None) -> str:
+    if not comparison:
+        return "-"
+    low, high = comparison["ci95"]
+    p = (
+        comparison["p_mcnemar"]
+        if comparison["p_mcnemar"] is not None
+        else comparison["p_bootstrap"]
+    )
+    return f"{comparison['diff']:+.2f} [{low:+.2f}, {high:+.2f}] p={p:.3f}"
+
+
 def print_results(rows: list[dict[str, Any]], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
-    for column in ("", "valid rate (95% CI)", "accuracy (95% CI)", "mean tokens", "n"):
+    columns = ("", "split", "valid rate (95% CI)", "accuracy (95% CI)", "mean tokens", "n")
+    for column in (*columns, "vs untrained", "vs best baseline"):
         table.add_column(column, justify="right")
     for row in rows:
         valid = "-"
@@ -473,12 +599,19 @@ def print_results(rows: list[dict[str, Any]], title: str) -> None:
         low, high = row["accuracy_ci95"]
         table.add_row(
             row["label"],
+            row.get("split", "-"),
             valid,
             f"{row['accuracy']:.2f} [{low:.2f}, {high:.2f}]",
             f"{row['mean_tokens']:.0f}",
             str(row["n"]),
+            _paired_cell(row.get("vs_untrained")),
+            _paired_cell(row.get("vs_best_baseline")),
         )
     Console().print(table)
+    Console().print(
+        "paired columns: test accuracy difference [95% paired-bootstrap CI], McNemar's exact p "
+        "(bootstrap p when scores are not 0/1); the episode is selected on validation"
+    )
 
 
 def check_loop_config(cfg: DictConfig) -> None:
@@ -488,8 +621,24 @@ def check_loop_config(cfg: DictConfig) -> None:
     lp = cfg.loop
     problems = [
         f"loop.{k}={lp[k]} (must be >= 1)"
-        for k in ("episodes", "problems_per_episode", "eval_problems", "eval_samples")
+        for k in (
+            "episodes",
+            "problems_per_episode",
+            "val_problems",
+            "test_problems",
+            "eval_samples",
+        )
         if lp[k] < 1
+    ]
+    if lp.select not in ("best_val", "last"):
+        problems.append(f"loop.select={lp.select!r} (best_val or last)")
+    from wfopt.baselines import list_baselines
+
+    known = list_baselines()
+    problems += [
+        f"loop.baselines: unknown workflow {b!r} (known: {', '.join(known)})"
+        for b in lp.baselines
+        if b not in known
     ]
     problems += [
         f"loop.{k}={lp[k]} (must be >= 0)"
@@ -548,11 +697,8 @@ def run(cfg: DictConfig) -> float:
             from wfopt.datasets import load_dataset
 
             dataset = load_dataset(cfg.dataset)
-            print_plan(
-                plan(
-                    cfg, len(dataset.problems("train")), len(dataset.problems(cfg.loop.eval_split))
-                )
-            )
+            held_out = (len(dataset.problems("validation")), len(dataset.problems("test")))
+            print_plan(plan(cfg, len(dataset.problems("train")), held_out))
             return 0.0
         if cfg.resume:
             run_dir = Path(to_absolute_path(cfg.resume))
@@ -590,8 +736,7 @@ def run(cfg: DictConfig) -> float:
         {"loop/wall_time_s": time.perf_counter() - start, "loop/episodes": state["episode"]}
     )
     loop.tracker.finish()
-    print_results(
-        rows, f"held-out {cfg.dataset.name}/{cfg.loop.eval_split}: policy-written workflows"
-    )
+    print_results(rows, f"held-out {cfg.dataset.name}: baselines and policy-written workflows")
     log.info("loop finished: %s", run_dir)
-    return float(rows[-1]["accuracy"]) if rows else 0.0
+    selected = [r for r in rows if r["split"] == "test" and r["label"].endswith("(selected)")]
+    return float(selected[-1]["accuracy"]) if selected else 0.0
