@@ -306,7 +306,15 @@ def load_workflow_source(cfg: DictConfig) -> tuple[str, str]:
         path = Path(cfg.workflow.path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"workflow.path={cfg.workflow.path}: no such file")
-        return str(path), path.read_text()
+        from wfopt.aflow import AFlowError, convert_file, is_aflow_graph
+
+        source = path.read_text()
+        if is_aflow_graph(source):  # AFlow's graph.py (+ prompt.py beside it)
+            try:
+                source = convert_file(path)
+            except AFlowError as err:
+                raise SystemExit(f"workflow.path={cfg.workflow.path}: {err}") from None
+        return str(path), source
     return cfg.workflow.name, load_baseline(cfg.workflow.name)
 
 
