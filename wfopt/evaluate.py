@@ -441,6 +441,9 @@ def run(cfg: DictConfig) -> float:
     metrics = eval_metrics(summary)
     tracker.log(metrics, step=0)
     tracker.summary(metrics)
+    from wfopt.report import report_at_end
+
+    report_at_end(run_dir, cfg, tracker)  # report.html + figures (report=false: none)
     tracker.finish()
     print_summary(f"{label} on {cfg.dataset.name}/{cfg.dataset.split}", summary)
     log.info("results in %s", run_dir)

@@ -589,6 +589,9 @@ def run(cfg: DictConfig) -> float:
     loop.tracker.summary(
         {"loop/wall_time_s": time.perf_counter() - start, "loop/episodes": state["episode"]}
     )
+    from wfopt.report import report_at_end
+
+    report_at_end(run_dir, cfg, loop.tracker)  # report.html + figures (report=false: none)
     loop.tracker.finish()
     print_results(
         rows, f"held-out {cfg.dataset.name}/{cfg.loop.eval_split}: policy-written workflows"
