@@ -241,7 +241,9 @@ def test_import_aflow_then_evaluate_the_graph_directly(cli, tmp_path):
     assert (
         parse_workflow(written).hash
         == parse_workflow(
-            'async def solve(problem):\n    return await programmer(problem, "Use integer arithmetic.")\n'
+            "async def solve(problem):\n"
+            '    out = await programmer(problem, "Use integer arithmetic.")\n'
+            "    return out\n"
         ).hash
     )
 
