@@ -44,6 +44,15 @@ def test_exported_lora_policy_has_the_sampled_policys_logits(cli, tmp_path):
         "tracking.wandb=false",
         f"hydra.run.dir={run}",
     )
+    # the train run's report (reusing this run): its curves are the logged steps
+    cli("report", str(run))
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in metrics if "train/pg_loss" in m]
+    drawn = json.loads((run / "report_data.json").read_text())["report_train_curves.png"]
+    for key in ("train/pg_loss", "train/entropy", "train/reward_mean"):
+        assert drawn[key]["lines"][key]["x"] == [float(m["step"]) for m in steps]
+        assert drawn[key]["lines"][key]["y"] == pytest.approx([m[key] for m in steps])
+
     out = tmp_path / "exported"
     result = cli("export", str(run), str(out))
     assert str(out) in result.stdout
