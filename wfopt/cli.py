@@ -80,6 +80,52 @@ for _name, (_, _, _help) in COMMANDS.items():
     _add_command(_name, _help)
 
 
+@app.command("report")
+def report_command(
+    run_dir: Path = typer.Argument(..., help="a loop, train, search or evaluate run, or a sweep"),
+) -> None:
+    """Plots and one self-contained HTML page (report.html) for a run directory."""
+    from wfopt.report import ReportError, write_report
+
+    try:
+        page = write_report(run_dir)
+    except ReportError as err:
+        raise SystemExit(f"wfopt report: {err}") from None
+    typer.echo(f"report: {page}")
+
+
+@app.command("export")
+def export_command(
+    source: Path = typer.Argument(..., help="a checkpoint, or a train/loop run (its latest)"),
+    out_dir: Path = typer.Argument(..., help="where to write the Hugging Face model directory"),
+) -> None:
+    """A plain Hugging Face model dir (LoRA merged): `vllm serve OUT_DIR` serves it."""
+    from wfopt.export import ExportError, export_policy
+
+    try:
+        out = export_policy(source, out_dir)
+    except ExportError as err:
+        raise SystemExit(f"wfopt export: {err}") from None
+    typer.echo(f"exported to {out}")
+
+
+@app.command("import-aflow")
+def import_aflow_command(
+    graph_dir: Path = typer.Argument(..., help="AFlow workflow: a dir with graph.py + prompt.py"),
+    out: Path = typer.Argument(..., help="the wfopt workflow file to write"),
+) -> None:
+    """Convert an AFlow workflow (graph.py + prompt.py) into a wfopt workflow file."""
+    from wfopt.aflow import AFlowError, convert_file
+
+    try:
+        code = convert_file(graph_dir)
+    except AFlowError as err:
+        raise SystemExit(f"wfopt import-aflow: {err}") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"# converted from {graph_dir} by `wfopt import-aflow`\n{code}")
+    typer.echo(f"wrote {out}; run it with `wfopt evaluate workflow.path={out}`")
+
+
 def main() -> None:
     app()
 

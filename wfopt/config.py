@@ -228,6 +228,7 @@ class EvaluateConfig(RunConfig):
     policy_samples: int = 1  # workflows the policy writes per problem
     policy_temperature: float = 0.0  # 0 = greedy
     policy_max_tokens: int = 160
+    report: bool = True  # write report.html + figures into the run dir at the end
 
 
 @dataclass
@@ -272,6 +273,7 @@ class LoopConfig(RunConfig):
     resume: str | None = None  # a loop run directory to continue (after a crash or a kill)
     dry_run: bool = False  # print the plan and the estimated calls; load no model
     show_progress: bool = True
+    report: bool = True  # write report.html + figures into the run dir at the end
     loop: LoopSettings = field(default_factory=LoopSettings)
 
 

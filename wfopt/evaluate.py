@@ -296,7 +296,15 @@ def load_workflow_source(cfg: DictConfig) -> tuple[str, str]:
         path = Path(cfg.workflow.path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"workflow.path={cfg.workflow.path}: no such file")
-        return str(path), path.read_text()
+        from wfopt.aflow import AFlowError, convert_file, is_aflow_graph
+
+        source = path.read_text()
+        if is_aflow_graph(source):  # AFlow's graph.py (+ prompt.py beside it)
+            try:
+                source = convert_file(path)
+            except AFlowError as err:
+                raise SystemExit(f"workflow.path={cfg.workflow.path}: {err}") from None
+        return str(path), source
     return cfg.workflow.name, load_baseline(cfg.workflow.name)
 
 
@@ -423,6 +431,9 @@ def run(cfg: DictConfig) -> float:
     metrics = eval_metrics(summary)
     tracker.log(metrics, step=0)
     tracker.summary(metrics)
+    from wfopt.report import report_at_end
+
+    report_at_end(run_dir, cfg, tracker)  # report.html + figures (report=false: none)
     tracker.finish()
     print_summary(f"{label} on {cfg.dataset.name}/{cfg.dataset.split}", summary)
     log.info("results in %s", run_dir)

@@ -735,6 +735,9 @@ def run(cfg: DictConfig) -> float:
     loop.tracker.summary(
         {"loop/wall_time_s": time.perf_counter() - start, "loop/episodes": state["episode"]}
     )
+    from wfopt.report import report_at_end
+
+    report_at_end(run_dir, cfg, loop.tracker)  # report.html + figures (report=false: none)
     loop.tracker.finish()
     print_results(rows, f"held-out {cfg.dataset.name}: baselines and policy-written workflows")
     log.info("loop finished: %s", run_dir)

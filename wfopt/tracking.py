@@ -132,6 +132,21 @@ class Tracker:
         if self._wandb is not None:
             self._wandb.summary.update(metrics)
 
+    def log_report(
+        self, images: dict[str, Path], columns: list[str], rows: list[list[Any]]
+    ) -> None:
+        """A report's figures as W&B images (`report/<name>`) and its results as a
+        `wandb.Table` (`report/results`); nothing without W&B (the files are in the run dir)."""
+        if self._wandb is None:
+            return
+        import wandb
+
+        payload: dict[str, Any] = {f"report/{k}": wandb.Image(str(v)) for k, v in images.items()}
+        cells = [[v if isinstance(v, (int, float, str, type(None))) else json.dumps(v) for v in r]
+                 for r in rows]  # fmt: skip
+        payload["report/results"] = wandb.Table(columns=columns, data=cells)
+        self._wandb.log(payload)
+
     def finish(self) -> None:
         self._file.close()
         if self._wandb is not None:
