@@ -1,10 +1,11 @@
 """Evidence of learning: a longer `wfopt loop` on the embedded default, episode by episode.
 
 Runs the real CLI (SmolLM2-135M as policy and frozen executor, built-in arithmetic) with a
-bigger budget than `make run`, then prints the held-out table the loop wrote: for the fixed
-baseline workflow, the untrained policy and the policy after each episode, the valid rate of
-the workflows the policy writes (greedy, one per held-out problem) and their accuracy, each
-with a 95% Wilson interval. Whatever the table shows is the result; nothing is filtered.
+bigger budget than `make run`, then prints the table the loop wrote: the untrained policy and
+each episode on validation (the learning curve, and the episode selection), then on 200 test
+problems the baseline workflows, the untrained policy and the selected episode, with 95%
+Wilson intervals and paired comparisons (difference [CI], p). Whatever the table shows is the
+result; nothing is filtered.
 
 `WFOPT_BENCH_LOOP_ARGS` appends overrides (e.g. `loop.episodes=2` for a shorter run).
 """
@@ -20,8 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
+from wfopt.loop import print_results
 
 OVERRIDES = [
     "loop.episodes=4",
@@ -63,16 +63,7 @@ def main() -> None:
         rows = json.loads((run_dir / "results.json").read_text())
         state = json.loads((run_dir / "state.json").read_text())
 
-    table = Table(title=f"held-out arithmetic/test, policy-written workflows ({wall / 60:.1f} min)")
-    for column in ("", "valid rate [95% CI]", "accuracy [95% CI]", "n"):
-        table.add_column(column, justify="right")
-    for row in rows:
-        valid = "-"
-        if row["valid_rate"] is not None:
-            valid = "{:.3f} [{:.3f}, {:.3f}]".format(row["valid_rate"], *row["valid_rate_ci95"])
-        accuracy = "{:.3f} [{:.3f}, {:.3f}]".format(row["accuracy"], *row["accuracy_ci95"])
-        table.add_row(row["label"], valid, accuracy, str(row["n"]))
-    Console().print(table)
+    print_results(rows, f"held-out arithmetic, policy-written workflows ({wall / 60:.1f} min)")
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "loop.json"

@@ -20,7 +20,9 @@ from wfopt.report import ReportError, pareto_front, write_report
 TINY_LOOP = [
     "loop.episodes=1",
     "loop.problems_per_episode=2",
-    "loop.eval_problems=2",
+    "loop.val_problems=2",
+    "loop.test_problems=2",
+    "loop.baselines=[io]",
     "loop.policy_samples=1",
     "loop.policy_max_tokens=40",
     "mcts.iterations=1",
@@ -102,7 +104,7 @@ def test_loop_report_plots_results_json_and_the_training_curves(runs):
     assert (run / "report.html").is_file()  # written by `wfopt loop` itself at the end
     figures = _figures(run)
     rows = json.loads((run / "results.json").read_text())
-    policy = [r for r in rows if r["episode"] >= 0]
+    policy = [r for r in rows if r["episode"] >= 0 and r["split"] == "validation"]
     assert [r["episode"] for r in policy] == [0, 1]
 
     heldout = figures["report_loop_heldout.png"]
@@ -115,8 +117,11 @@ def test_loop_report_plots_results_json_and_the_training_curves(runs):
     assert band["low"] == pytest.approx([r["accuracy_ci95"][0] for r in policy])
     assert band["high"] == pytest.approx([r["accuracy_ci95"][1] for r in policy])
     baseline = next(r for r in rows if r["label"] == "baseline io")
-    assert set(acc["lines"]["ref:baseline io"]["y"]) == {baseline["accuracy"]}
-    assert set(acc["lines"]["ref:untrained policy"]["y"]) == {policy[0]["accuracy"]}
+    assert set(acc["lines"]["ref:baseline io (test)"]["y"]) == {baseline["accuracy"]}
+    untrained = "ref:untrained policy (validation)"
+    assert set(acc["lines"][untrained]["y"]) == {policy[0]["accuracy"]}
+    test_untrained = next(r for r in rows if r["split"] == "test" and r["episode"] == 0)
+    assert set(acc["lines"]["ref:untrained policy (test)"]["y"]) == {test_untrained["accuracy"]}
     valid = heldout["valid rate"]
     assert valid["lines"]["policy valid_rate"]["y"] == [r["valid_rate"] for r in policy]
     assert valid["bands"]["valid_rate 95% CI"]["high"] == pytest.approx(

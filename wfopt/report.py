@@ -107,15 +107,23 @@ def loop_data(run_dir: Path) -> dict[str, Any]:
     for row in policy:  # a resumed run may repeat an episode: its last row counts
         seen[row["episode"]] = row
     policy = [seen[e] for e in sorted(seen)]
+    # horizontal lines: the baselines, and every row of another split (the final test rows),
+    # each labelled with its split so a test number is never read as a validation one
     references = [
-        {"label": r.get("label", "baseline"), "accuracy": r["accuracy"]}
+        {"label": _split_label(r), "accuracy": r["accuracy"]}
         for r in rows
-        if isinstance(r.get("episode"), int) and r["episode"] < 0
+        if isinstance(r.get("episode"), int)
+        and (r["episode"] < 0 or (split is not None and r.get("split") != split))
     ]
     untrained = next((r for r in policy if r["episode"] == 0), None)
     if untrained is not None:
-        references.append({"label": "untrained policy", "accuracy": untrained["accuracy"]})
+        references.append({"label": _split_label(untrained), "accuracy": untrained["accuracy"]})
     return {"rows": rows, "policy": policy, "references": references}
+
+
+def _split_label(row: dict[str, Any]) -> str:
+    label = row.get("label", "baseline")
+    return f"{label} ({row['split']})" if row.get("split") else label
 
 
 def train_data(run_dir: Path) -> dict[str, tuple[list[float], list[float]]]:
