@@ -39,7 +39,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from wfopt.grpo.advantages import ADVANTAGE_ESTIMATORS
 from wfopt.grpo.checkpoint import (
     checkpoint_path,
     load_full_weights,
@@ -49,7 +48,6 @@ from wfopt.grpo.checkpoint import (
     save_checkpoint,
 )
 from wfopt.grpo.data import Trajectory, TrajectoryDataset
-from wfopt.grpo.losses import LOSS_AGGREGATIONS
 from wfopt.grpo.trainer import GRPOTrainer, base_model, planned_steps
 
 if TYPE_CHECKING:
@@ -74,17 +72,9 @@ class TrainResult:
 
 
 def check_config(g: Any) -> None:
-    """Reject values the schema's types cannot catch, before any model is loaded."""
+    """Reject values the schema's types cannot catch, before any model is loaded (its Enums
+    already limit loss_agg, adv_estimator, schedule and truncation to their choices)."""
     problems = []
-    if g.loss_agg not in LOSS_AGGREGATIONS:
-        problems.append(f"grpo.loss_agg={g.loss_agg!r} (known: {', '.join(LOSS_AGGREGATIONS)})")
-    if g.adv_estimator not in ADVANTAGE_ESTIMATORS:
-        known = ", ".join(ADVANTAGE_ESTIMATORS)
-        problems.append(f"grpo.adv_estimator={g.adv_estimator!r} (known: {known})")
-    if g.schedule not in ("constant", "linear", "cosine"):
-        problems.append(f"grpo.schedule={g.schedule!r} (constant, linear or cosine)")
-    if g.truncation not in ("drop", "truncate"):
-        problems.append(f"grpo.truncation={g.truncation!r} (drop or truncate)")
     for key in (
         "micro_batch_size",
         "grad_accum_steps",
