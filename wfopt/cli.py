@@ -128,9 +128,6 @@ def keys(
     prefix: str = typer.Argument("", help="only keys starting with this, e.g. grpo or mcts.sel"),
 ) -> None:
     """Every config key of COMMAND: its type (or allowed values), default and help text."""
-    from rich.console import Console
-    from rich.table import Table
-
     from wfopt.config import COMMAND_SCHEMAS, describe_keys
 
     if command not in COMMAND_SCHEMAS:
@@ -138,12 +135,12 @@ def keys(
     rows = [r for r in describe_keys(COMMAND_SCHEMAS[command]) if r[0].startswith(prefix)]
     if not rows:
         raise typer.BadParameter(f"no key of `wfopt {command}` starts with {prefix!r}")
-    table = Table(title=f"wfopt {command}: keys (schema defaults; conf/ presets override some)")
-    for column in ("key", "type / choices", "default", "help"):
-        table.add_column(column, overflow="fold")
+    # plain lines (one key, then its help), so they grep and never wrap mid-value
+    lines = [f"# wfopt {command}: schema defaults (conf/ presets override some: --cfg job)"]
     for key, kind, default, help_text in rows:
-        table.add_row(key, kind, default, help_text)
-    Console(width=max(120, Console().width)).print(table)
+        lines.append(f"{key}  [{kind}]" if kind == "group" else f"{key}: {kind} = {default}")
+        lines.append(f"    {help_text}")
+    typer.echo("\n".join(lines))
 
 
 def main() -> None:

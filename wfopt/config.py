@@ -521,6 +521,47 @@ def register_configs() -> None:
         cs.store(name=f"{command}_schema", node=schema)
 
 
+# ---------------------------------------------------------------------------- inert knobs
+
+
+def _changed(cfg: Any, schema: type, key: str) -> bool:
+    """Whether `cfg.<key>` differs from `schema`'s default (the user, or a preset, set it)."""
+    return getattr(cfg, key) != getattr(schema(), key)
+
+
+def inert_knobs(cfg: Any, command: str) -> list[str]:
+    """Settings of `cfg` that cannot act in `wfopt <command>`, each with why (warned once)."""
+    notes: list[str] = []
+    trains = command in ("train", "loop")
+    searches = command in ("search", "loop")
+    g, m = cfg.grpo, cfg.mcts
+    if trains and g.num_iterations == 1:
+        for key in ("clip_eps_low", "clip_eps_high"):
+            if _changed(g, GRPOConfig, key):
+                notes.append(
+                    f"grpo.{key}={getattr(g, key)} has no effect at grpo.num_iterations=1: each "
+                    "batch gets one step, so the ratio is 1 and never clipped (raise "
+                    "grpo.num_iterations to reuse batches)"
+                )
+    if trains and g.norm_tokens is not None and g.loss_agg != LossAgg.seq_mean_token_sum_norm:
+        notes.append(
+            f"grpo.norm_tokens={g.norm_tokens} has no effect: only "
+            f"loss_agg=seq_mean_token_sum_norm divides by it (loss_agg={g.loss_agg})"
+        )
+    if trains and cfg.model.lora.enabled and cfg.model.lora.dropout > 0:
+        notes.append(
+            f"model.lora.dropout={cfg.model.lora.dropout} has no effect: GRPO training turns "
+            "every dropout off (old and new log-probs must come from the same function)"
+        )
+    if searches and m.selection == Selection.uct:
+        for key in ("aflow_lambda", "aflow_alpha"):
+            if _changed(m, MCTSConfig, key):
+                notes.append(f"mcts.{key} has no effect with mcts.selection=uct")
+    if searches and m.selection == Selection.aflow and _changed(m, MCTSConfig, "exploration"):
+        notes.append("mcts.exploration has no effect with mcts.selection=aflow")
+    return notes
+
+
 # ------------------------------------------------------------------------------ key help
 
 

@@ -6,7 +6,8 @@ held-out problems, so every run shows its own before/after. Episode e then:
 1. search: the next `loop.problems_per_episode` training problems (a seeded order), one tree
    each, the current policy proposing children; the policy also writes
    `loop.policy_samples` workflows per problem from the training prompt as the root's first
-   children (its invalid ones join the group at reward 0): the feedback loop;
+   children (its invalid ones join the group at `mcts.invalid_reward`, -1 by default): the
+   feedback loop;
 2. train: GRPO on this episode's trajectories (plus `loop.replay_episodes` earlier ones),
    continuing from the previous episode's weights and optimizer state;
 3. evaluate: the new policy writes a workflow for each held-out problem; valid rate,

@@ -71,6 +71,22 @@ class TrainResult:
     dataset_stats: dict[str, int] = field(default_factory=dict)  # TrajectoryDataset.stats
 
 
+def with_norm_tokens(cfg: Any) -> Any:
+    """`cfg.grpo` with Dr. GRPO's constant normalizer resolved: `grpo.norm_tokens`, else the
+    policy's generation budget (`mcts.proposal_max_tokens`), so the constant matches the
+    longest response the policy can write (not `max_response_length`, the training cap)."""
+    g = cfg.grpo
+    mcts = getattr(cfg, "mcts", None)
+    if g.norm_tokens is not None or mcts is None:
+        return g
+    budget = int(mcts.proposal_max_tokens)
+    if isinstance(g, DictConfig):
+        return OmegaConf.merge(g, {"norm_tokens": budget})
+    import dataclasses
+
+    return dataclasses.replace(g, norm_tokens=budget)
+
+
 def check_config(g: Any) -> None:
     """Reject values the schema's types cannot catch, before any model is loaded (its Enums
     already limit loss_agg, adv_estimator, schedule and truncation to their choices)."""
@@ -85,6 +101,8 @@ def check_config(g: Any) -> None:
     ):
         if getattr(g, key) < 1:
             problems.append(f"grpo.{key}={getattr(g, key)} (must be >= 1)")
+    if g.norm_tokens is not None and g.norm_tokens < 1:
+        problems.append(f"grpo.norm_tokens={g.norm_tokens} (must be >= 1, or null)")
     if g.beta < 0 or g.clip_eps_low < 0 or g.clip_eps_high < 0:
         problems.append("grpo.beta and grpo.clip_eps_* must be >= 0")
     if problems:
@@ -205,7 +223,7 @@ def train_policy(
     from wfopt.grpo.distributed import make_accelerator
     from wfopt.models import load_tokenizer
 
-    g = cfg.grpo
+    g = with_norm_tokens(cfg)
     check_config(g)
     if init_checkpoint is not None and resume_checkpoint is not None:
         raise TrainingError("pass init_checkpoint or resume_checkpoint, not both")

@@ -485,7 +485,9 @@ class GRPOTrainer:
                     loss_agg=cfg.loss_agg,
                     num_tokens=num_tokens,
                     num_seqs=num_seqs,
-                    max_response_length=cfg.max_response_length,
+                    # Dr. GRPO's constant: the generation budget (train_policy fills it in)
+                    max_response_length=getattr(cfg, "norm_tokens", None)
+                    or cfg.max_response_length,
                 )
                 # x world_size undoes the all-reduce's average: the synchronized gradient is
                 # the sum of every process's shares
@@ -586,7 +588,7 @@ class GRPOTrainer:
                         return last
                     indices = batches[self.batch_in_epoch]
                     batch = collate_samples([dataset[i] for i in indices], self.pad_token_id)
-                    for metrics in self.iterate_batch(batch):
+                    for metrics in self._steps_within_budget(self.iterate_batch(batch)):
                         metrics["train/epoch"] = self.epoch
                         last = metrics
                         if on_step is not None:
@@ -603,6 +605,14 @@ class GRPOTrainer:
                 self.epoch += 1
                 self.batch_in_epoch = 0
         return last
+
+    def _steps_within_budget(self, steps: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """`steps`, cut at `max_steps` even inside a batch's `num_iterations` (the rest of
+        that batch is skipped; its position counts as done, so a resume goes on after it)."""
+        for metrics in steps:
+            yield metrics
+            if self.cfg.max_steps and self.step - self.start_step >= self.cfg.max_steps:
+                return
 
     # ------------------------------------------------------------ state
 
