@@ -4,7 +4,6 @@ say what differs from the schema, warnings for knobs that cannot act, hardware b
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
