@@ -111,5 +111,5 @@ def test_offline_hub_id_through_the_loaders(monkeypatch, tmp_path):
     cfg = OmegaConf.merge(
         OmegaConf.structured(ModelConfig), {"name": "x", "path": "no-such-org/no-such-model2"}
     )
-    with pytest.raises(ModelLoadError, match="model.path=/local/dir"):
+    with pytest.raises(ModelLoadError, match=r"model\.path=/local/dir"):
         load_tokenizer(cfg)
