@@ -162,6 +162,8 @@ def test_hardware_defaults_to_what_the_machine_has(cli):
     assert picked.startswith(f"hardware={choice} (")
     for explicit in (["hardware=cpu"], ["hardware=gpu", "x=1"], ["-m", "hardware=cpu,gpu"]):
         assert with_default_hardware(explicit) == (explicit, None)  # the user's choice wins
+    resume = ["resume=outputs/run"]  # a resumed loop keeps its own config, hardware included
+    assert with_default_hardware(resume, "loop") == (resume, None)
     shown = yaml.safe_load(cli("evaluate", "--cfg", "job").stdout)["hardware"]
     assert shown["device"] == ("cuda" if choice == "gpu" else "cpu")
     assert shown["dtype"] == ("bfloat16" if choice == "gpu" else "float32")

@@ -64,10 +64,13 @@ def _names_group(arg: str, group: str) -> bool:
     return key == group or key.endswith(f"/{group}") or key.startswith(f"{group}@")
 
 
-def with_default_hardware(args: list[str]) -> tuple[list[str], str | None]:
+def with_default_hardware(args: list[str], command: str = "") -> tuple[list[str], str | None]:
     """`args` plus `hardware=<what this machine has>` unless they choose `hardware=` already
-    (explicit hardware=cpu|gpu|multi_gpu wins); the second item says what was picked and why."""
+    (explicit hardware=cpu|gpu|multi_gpu wins) or resume a loop (which keeps its own config);
+    the second item says what was picked and why."""
     if any(_names_group(a, "hardware") for a in args):
+        return args, None
+    if command == "loop" and any(a.startswith("resume=") for a in args):
         return args, None
     choice, why = detect_hardware()
     # next to the other overrides: argparse takes them as one run of positionals
@@ -88,7 +91,7 @@ def run_hydra_command(command: str, args: list[str]) -> None:
     """Run `command` as a Hydra app over `args` (what followed the subcommand name)."""
     register_configs()
     target = _resolve(command)
-    args, picked = with_default_hardware(args)
+    args, picked = with_default_hardware(args, command)
 
     @hydra.main(config_path=str(config_dir()), config_name=command, version_base="1.3")
     def _main(cfg: DictConfig) -> object:
