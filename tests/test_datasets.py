@@ -183,9 +183,7 @@ def test_splits_are_disjoint_stable_and_limited():
 
 
 def test_gsm8k_gold_numbers_of_known_lines(gsm8k_dir):
-    cfg = DatasetConfig(
-        name="gsm8k", path=str(gsm8k_dir / "test.jsonl"), test_fraction=1.0, val_fraction=0.0
-    )
+    cfg = DatasetConfig(name="gsm8k", path=str(gsm8k_dir / "test.jsonl"))
     test = {p.id: p for p in load_dataset(cfg).problems("test")}
     assert len(test) == 1319
     assert test["test.jsonl:1"].answer == "18"  # Janet's ducks
@@ -195,6 +193,53 @@ def test_gsm8k_gold_numbers_of_known_lines(gsm8k_dir):
     assert test["test.jsonl:147"].answer == "2125"  # "#### 2,125"
     assert test["test.jsonl:490"].answer == "-10"  # "#### -10"
     assert "####" not in test["test.jsonl:1"].question
+
+
+def test_a_file_is_the_split_it_names(gsm8k_dir, caplog):
+    """`dataset.path=test.jsonl dataset.split=test`: the whole file, in file order (it was a
+    seeded 20% subset: 264 of GSM8K's 1,319 test problems)."""
+    test_file, train_file = gsm8k_dir / "test.jsonl", gsm8k_dir / "train.jsonl"
+    cfg = DatasetConfig(name="gsm8k", path=str(test_file), split="test", limit=4)
+    d = load_dataset(cfg)
+    assert [p.id for p in d.problems("test")] == [f"test.jsonl:{i}" for i in (1, 2, 3, 4)]
+    assert d.total("test") == 1319 and d.source("test") == f"{test_file} (whole file)"
+    # a split that has no file and is asked for after the file is in use: a clear error
+    with pytest.raises(DatasetError, match=r"no train split.*dataset\.files\.train=FILE"):
+        d.problems("train")
+
+    # one file per split, each whole and in order (validation: none given, none invented)
+    both = OmegaConf.merge(
+        OmegaConf.structured(DatasetConfig),
+        {"name": "gsm8k", "files": {"train": str(train_file), "test": str(test_file)}},
+    )
+    d = load_dataset(both)
+    assert (d.total("train"), d.total("test")) == (7473, 1319)
+    assert d.problems("train")[0].id == "train.jsonl:1"
+    with pytest.raises(DatasetError, match=r"dataset\.files\.validation=FILE"):
+        d.problems("validation")
+    with pytest.raises(Exception, match="tset"):  # a typo in the split name fails at compose
+        OmegaConf.merge(OmegaConf.structured(DatasetConfig), {"files": {"tset": "x"}})
+
+    # one file and a command that needs another split (the loop: train, then test): the file
+    # is re-split by seed for every split, and the log says so
+    d = load_dataset(DatasetConfig(name="gsm8k", path=str(test_file)))
+    with caplog.at_level("WARNING"):
+        train = d.problems("train")
+    assert "re-split by dataset.seed=0" in caplog.text and "dataset.files.train" in caplog.text
+    test = d.problems("test")
+    assert (len(train), len(test)) == (1319 - 264 - 132, 264)
+    assert {p.id for p in train}.isdisjoint({p.id for p in test})
+    # ... which dataset.resplit=true asks for up front (the same seeded split)
+    asked = load_dataset(DatasetConfig(name="gsm8k", path=str(test_file), resplit=True))
+    assert [p.id for p in asked.problems("test")] == [p.id for p in test]
+    assert "re-split" in asked.source("test")
+    with pytest.raises(DatasetError, match="both name the test split"):
+        load_dataset(
+            OmegaConf.merge(
+                OmegaConf.structured(DatasetConfig),
+                {"name": "gsm8k", "path": str(test_file), "files": {"test": str(train_file)}},
+            )
+        )
 
 
 def test_gsm8k_directory_splits(gsm8k_dir):
@@ -407,8 +452,11 @@ def test_humaneval_loads_from_the_package(humaneval, he):
     default = load_dataset(DatasetConfig(name="humaneval"))  # the configured fractions
     sizes = [len(default.problems(s)) for s in ("train", "validation", "test")]
     assert sizes == [115, 16, 33]
-    if HUMANEVAL_FILE.is_file():  # dataset.path overrides the packaged copy
+    if HUMANEVAL_FILE.is_file():  # dataset.path overrides the packaged copy: it is the split
         cfg = DatasetConfig(name="humaneval", path=str(HUMANEVAL_FILE))
+        whole = load_dataset(cfg).problems("test")
+        assert [p.id for p in whole] == [f"HumanEval/{i}" for i in range(164)]
+        cfg.resplit = True  # ... unless asked to re-split it like the packaged copy
         assert [p.id for p in load_dataset(cfg).problems("test")] == [
             p.id for p in default.problems("test")
         ]

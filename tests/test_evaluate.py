@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from wfopt.evaluate import Record, summarize, wilson_interval
 
 # Small, fast settings for end-to-end runs on the embedded model.
+REPO = Path(__file__).resolve().parents[1]
 FAST = ("executor.sampling.max_new_tokens=48", "tracking.wandb=false", "show_progress=false")
 
 
@@ -71,6 +73,25 @@ def test_evaluate_arithmetic_end_to_end_and_cached_rerun(cli, tmp_path):
     assert summary2["cached_calls"] == total_calls > 0
     assert [r["prediction"] for r in results2] == [r["prediction"] for r in results]
 
+    # Another model.path under the same model.name (here: the very same weights, converted
+    # to a safetensors directory): no answer of the first model is served for it.
+    from omegaconf import OmegaConf
+
+    from wfopt.config import ModelConfig
+    from wfopt.models import model_dir
+
+    model_cfg = OmegaConf.merge(
+        OmegaConf.structured(ModelConfig), OmegaConf.load(REPO / "conf/model/smollm2_135m.yaml")
+    )
+    with sqlite3.connect(cache) as db:
+        rows = db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    other = (f"model.path={model_dir(model_cfg)}", "model.gguf_file=null")
+    cli(*args, *other, "hydra.run.dir=run3")
+    _, summary3, _ = read_run(tmp_path / "run3")
+    assert summary3["cached_calls"] == 0
+    with sqlite3.connect(cache) as db:  # as many new entries as the first run made
+        assert db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 2 * rows
+
 
 def test_evaluate_gsm8k_end_to_end(cli, tmp_path, gsm8k_test_file):
     cli(
@@ -89,8 +110,11 @@ def test_evaluate_gsm8k_end_to_end(cli, tmp_path, gsm8k_test_file):
     with gsm8k_test_file.open() as f:
         for line in f:
             golds.append(json.loads(line)["answer"].split("####")[-1].strip().replace(",", ""))
-    # limit takes the first problems of the split: their golds come from the file itself
-    assert all(r["gold"] in golds for r in results)
+    # the file is the test split, whole and in order: limit=3 scores its first three lines
+    assert [r["problem_id"] for r in results] == ["test.jsonl:1", "test.jsonl:2", "test.jsonl:3"]
+    assert [r["gold"] for r in results] == golds[:3]
+    assert (summary["split"], summary["n_problems"], summary["n_total"]) == ("test", 3, 1319)
+    assert summary["source"] == f"{gsm8k_test_file} (whole file)"
 
 
 def test_invalid_user_workflow_file_fails_clearly(cli, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -327,6 +328,85 @@ def test_lora_reference_and_cached_old_log_probs(policy):
 
 
 # ---------------------------------------------------------------- checkpoints
+
+
+def tiny_lm(seed: int = 0):
+    """A randomly initialized 2-layer Llama (vocab 32): trainer mechanics in milliseconds."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        attention_dropout=0.1,
+    )
+    return LlamaForCausalLM(config)
+
+
+def tiny_samples(n: int, response_len: int = 3) -> list[dict]:
+    """`n` samples: 2 prompt tokens + `response_len` response tokens, advantages +1/-1."""
+    out = []
+    for i in range(n):
+        ids = torch.tensor([1, 2 + i % 5] + [3 + (i + t) % 20 for t in range(response_len)])
+        out.append(
+            {
+                "input_ids": ids,
+                "attention_mask": torch.ones_like(ids),
+                "response_mask": torch.tensor([0, 0] + [1] * response_len),
+                "advantage": 1.0 if i % 2 == 0 else -1.0,
+                "reward": float(i % 2 == 0),
+                "group_reward_std": 0.5,
+                "group_id": i // 2,
+            }
+        )
+    return out
+
+
+def test_max_steps_stops_exactly_inside_a_batch():
+    """2 batches x 3 iterations = 6 steps; max_steps=4 stops after 4 (it ran 6: the cap was
+    checked once per batch), and the cut batch counts as done."""
+    cfg = GRPOConfig(num_iterations=3, max_steps=4, micro_batch_size=2, lr=1e-3)
+    trainer = GRPOTrainer(tiny_lm(), cfg, total_steps=4)
+    steps = []
+    trainer.fit(tiny_samples(4), on_step=steps.append, show_progress=False)
+    assert trainer.step == len(steps) == 4
+    assert (trainer.epoch, trainer.batch_in_epoch) == (1, 0)  # both batches done
+    unlimited = GRPOTrainer(tiny_lm(), dataclasses.replace(cfg, max_steps=None), total_steps=6)
+    unlimited.fit(tiny_samples(4), show_progress=False)
+    assert unlimited.step == 6
+
+
+def test_dr_grpo_loss_divides_by_norm_tokens():
+    """At rho = 1, pg_loss = -sum_b A_b * len_b / (B * norm_tokens): hand-worked 0 for
+    balanced +1/-1 advantages, so unbalance them: A = (+1, +1, -1, +1), len 3 each, B = 4,
+    norm_tokens = 6 -> -(3 + 3 - 3 + 3) / 24 = -0.25 (with 512 it would be -6/2048)."""
+    samples = tiny_samples(4)
+    samples[3]["advantage"] = 1.0
+    cfg = GRPOConfig(loss_agg="seq_mean_token_sum_norm", norm_tokens=6, micro_batch_size=4, lr=0.0)
+    trainer = GRPOTrainer(tiny_lm(), cfg, total_steps=1)
+    metrics = trainer.train_step(collate_samples(samples, 0))
+    assert metrics["train/pg_loss"] == pytest.approx(-0.25, abs=1e-6)
+
+
+def test_lora_dropout_is_off_during_grpo_and_warned_about():
+    """LoRA's dropout would make old and new log-probs differ at rho = 1: the trainer turns it
+    off (and config.inert_knobs warns that model.lora.dropout cannot act)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        tiny_lm(), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.3, target_modules=["q_proj"])
+    )
+    dropouts = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(m.p == 0.3 for m in dropouts)
+    GRPOTrainer(model, GRPOConfig(), total_steps=1)
+    assert all(m.p == 0.0 for m in dropouts)
+    assert all(
+        m.attention_dropout == 0.0 for m in model.modules() if hasattr(m, "attention_dropout")
+    )
 
 
 def test_full_finetuning_checkpoint_roundtrip(policy, tmp_path):

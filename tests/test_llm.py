@@ -287,8 +287,9 @@ def test_build_executor(embedded_llm, tmp_path):
     )
     remote = build_executor(model_cfg, served, HardwareConfig())
     assert isinstance(remote, OpenAILLM) and remote.name == "served"
-    with pytest.raises(ValueError, match=r"unknown executor\.backend"):
-        build_executor(model_cfg, OmegaConf.merge(served, {"backend": "nope"}), HardwareConfig())
+    # a backend that does not exist is rejected by the schema, before anything is built
+    with pytest.raises(ValueError, match=r"expected one of \[same_as_policy, local, openai\]"):
+        OmegaConf.merge(served, {"backend": "nope"})
 
 
 # ----------------------------------------------------------------- OpenAI-compatible server
@@ -459,17 +460,46 @@ def test_openai_bounds_concurrency(server):
     assert len(state.requests) == 12 and 1 < state.max_in_flight <= 3
 
 
-def test_cache_keys_follow_the_backend_name(embedded_llm, tmp_path):
-    """A new policy checkpoint renames its backend; cached answers of the old one never match."""
+def test_cache_keys_follow_the_generating_model(embedded_llm, tmp_path):
+    """Keys carry which weights answer (not `model.name`, a label): the GGUF or the directory
+    and their files, the dtype, the chat-template setting; a server's URL and served model; a
+    policy checkpoint's name@id (a backend without an identity keys on its name)."""
     from wfopt.llm.cache import CachedLLM, cache_key
+    from wfopt.llm.local import LocalLLM
+    from wfopt.models import model_dir, model_identity
 
+    cfg = smollm2_cfg()
+    gguf = embedded_llm.cache_identity
+    assert set(gguf) == {"gguf", "weights", "dtype", "chat_template"}
+    assert gguf["gguf"].endswith(cfg.gguf_file) and gguf["dtype"] == "float32"
     cached = CachedLLM(embedded_llm, tmp_path / "c.sqlite")
     original = embedded_llm.name
-    try:
-        assert cached.name == original
-        embedded_llm.name = f"{original}@step-000004-abc"
-        assert cached.name == embedded_llm.name
+    try:  # renaming the model does not change whose answers these are
+        embedded_llm.name = "another-label"
+        assert cached.identity == gguf
     finally:
         embedded_llm.name = original
+    same_weights_as_dir = OmegaConf.merge(cfg, {"path": model_dir(cfg), "gguf_file": None})
+    as_dir = model_identity(same_weights_as_dir, embedded_llm.model, True)
+    assert as_dir["dir"] == str(Path(model_dir(cfg)).resolve()) and as_dir != gguf
+    assert model_identity(cfg, embedded_llm.model, False) != gguf
+    checkpoint = LocalLLM(embedded_llm.model, embedded_llm.tokenizer, "smollm2@step-4-abc")
+    assert CachedLLM(checkpoint, tmp_path / "d.sqlite").identity == "smollm2@step-4-abc"
+
+    executor = OmegaConf.merge(
+        OmegaConf.structured(ExecutorConfig),
+        {"backend": "openai", "model": "served", "cache": False, "base_url": "http://h:1/v1/"},
+    )
+    remote = build_executor(cfg, executor, HardwareConfig())
+    assert remote.cache_identity == {
+        "backend": "openai",
+        "base_url": "http://h:1/v1",
+        "model": "served",
+    }
+    other = build_executor(cfg, OmegaConf.merge(executor, {"model": "m2"}), HardwareConfig())
     params = SamplingParams()
-    assert cache_key("m", msgs("x"), params, 0) != cache_key("m@step-1", msgs("x"), params, 0)
+    keys = {
+        cache_key(identity, msgs("x"), params, 0)
+        for identity in (gguf, as_dir, remote.cache_identity, other.cache_identity)
+    }
+    assert len(keys) == 4

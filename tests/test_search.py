@@ -413,8 +413,11 @@ def test_search_cli_end_to_end_deterministic_resumable_and_trainable(cli, tmp_pa
 
 
 def test_search_cli_rejects_bad_config(cli):
-    result = cli("search", "mcts.selection=greedy", expect_ok=False)
-    assert result.returncode != 0 and "mcts.selection='greedy'" in result.stderr
+    result = cli("search", "mcts.selection=greedy", expect_ok=False)  # the schema's choice
+    assert result.returncode != 0 and "Invalid value 'greedy'" in result.stderr
+    assert "full_key: mcts.selection" in result.stderr and "[uct, aflow]" in result.stderr
+    result = cli("search", "mcts.rollouts=0", expect_ok=False)  # a range: checked by hand
+    assert result.returncode != 0 and "mcts.rollouts=0" in result.stderr
 
 
 def test_dataset_scope_finds_a_workflow_evaluate_accepts(cli, tmp_path):

@@ -8,6 +8,7 @@ directories and Hydra's help all behave exactly as in any Hydra app.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -48,14 +49,58 @@ def _resolve(command: str) -> Callable[[DictConfig], object]:
     return getattr(importlib.import_module(module_name), attr)
 
 
+def detect_hardware() -> tuple[str, str]:
+    """(hardware option, why): gpu (CUDA, bf16) when a CUDA device is visible, else cpu."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "gpu", f"CUDA device found: {torch.cuda.get_device_name(0)}"
+    return "cpu", "no CUDA device"
+
+
+def _names_group(arg: str, group: str) -> bool:
+    """Whether a command-line argument chooses (or removes) config group `group`."""
+    key = arg.split("=", 1)[0].lstrip("+~")
+    return key == group or key.endswith(f"/{group}") or key.startswith(f"{group}@")
+
+
+def with_default_hardware(args: list[str], command: str = "") -> tuple[list[str], str | None]:
+    """`args` plus `hardware=<what this machine has>` unless they choose `hardware=` already
+    (explicit hardware=cpu|gpu|multi_gpu wins) or resume a loop (which keeps its own config);
+    the second item says what was picked and why."""
+    if any(_names_group(a, "hardware") for a in args):
+        return args, None
+    if command == "loop" and any(a.startswith("resume=") for a in args):
+        return args, None
+    choice, why = detect_hardware()
+    # next to the other overrides: argparse takes them as one run of positionals
+    at = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), len(args))
+    picked = f"hardware={choice}"
+    return [*args[:at], picked, *args[at:]], f"{picked} ({why}; pass hardware=... to choose)"
+
+
+# Errors whose message says everything: shown without a traceback.
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from wfopt.datasets.base import DatasetError
+    from wfopt.models import ModelLoadError
+
+    return (DatasetError, ModelLoadError)
+
+
 def run_hydra_command(command: str, args: list[str]) -> None:
     """Run `command` as a Hydra app over `args` (what followed the subcommand name)."""
     register_configs()
     target = _resolve(command)
+    args, picked = with_default_hardware(args, command)
 
     @hydra.main(config_path=str(config_dir()), config_name=command, version_base="1.3")
     def _main(cfg: DictConfig) -> object:
-        return target(cfg)
+        if picked:
+            logging.getLogger("wfopt").info("%s", picked)
+        try:
+            return target(cfg)
+        except _user_errors() as err:
+            raise SystemExit(f"wfopt {command}: {err}") from None
 
     saved = sys.argv
     sys.argv = [f"wfopt {command}", *args]
@@ -124,6 +169,27 @@ def import_aflow_command(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"# converted from {graph_dir} by `wfopt import-aflow`\n{code}")
     typer.echo(f"wrote {out}; run it with `wfopt evaluate workflow.path={out}`")
+
+
+@app.command("keys")
+def keys(
+    command: str = typer.Argument(..., help="evaluate | search | train | loop"),
+    prefix: str = typer.Argument("", help="only keys starting with this, e.g. grpo or mcts.sel"),
+) -> None:
+    """Every config key of COMMAND: its type (or allowed values), default and help text."""
+    from wfopt.config import COMMAND_SCHEMAS, describe_keys
+
+    if command not in COMMAND_SCHEMAS:
+        raise typer.BadParameter(f"{command!r}; choose from {', '.join(COMMAND_SCHEMAS)}")
+    rows = [r for r in describe_keys(COMMAND_SCHEMAS[command]) if r[0].startswith(prefix)]
+    if not rows:
+        raise typer.BadParameter(f"no key of `wfopt {command}` starts with {prefix!r}")
+    # plain lines (one key, then its help), so they grep and never wrap mid-value
+    lines = [f"# wfopt {command}: schema defaults (conf/ presets override some: --cfg job)"]
+    for key, kind, default, help_text in rows:
+        lines.append(f"{key}  [{kind}]" if kind == "group" else f"{key}: {kind} = {default}")
+        lines.append(f"    {help_text}")
+    typer.echo("\n".join(lines))
 
 
 def main() -> None:

@@ -357,19 +357,35 @@ def run(cfg: DictConfig) -> float:
     setup_runtime(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     policy_llm, workflow = None, None
-    if cfg.policy:
-        label = f"policy {cfg.policy}"
-        policy_llm = _load_policy(cfg)
-    else:
+    if not cfg.policy:
         label, source = load_workflow_source(cfg)
         try:
             workflow = parse_workflow(source)
         except InvalidWorkflow as err:
             raise SystemExit(f"workflow {label} is invalid: {err}") from None
+    # the data before any model: a wrong path fails in a second, not after a load
     dataset = load_dataset(cfg.dataset)
-    problems = dataset.problems(cfg.dataset.split)
-    where = f"{cfg.dataset.name}/{cfg.dataset.split}"
-    log.info("evaluating %s on %d %s problems", label, len(problems), where)
+    split = str(cfg.dataset.split)
+    problems = dataset.problems(split)
+    scored = {
+        "dataset": str(cfg.dataset.name),
+        "split": split,
+        "source": dataset.source(split),
+        "n_problems": len(problems),  # scored problems (n counts records: x policy_samples)
+        "n_total": dataset.total(split),  # problems in the whole split (before dataset.limit)
+    }
+    if cfg.policy:
+        label = f"policy {cfg.policy}"
+        policy_llm = _load_policy(cfg)
+    log.info(
+        "evaluating %s on %d of %d %s/%s problems (%s)",
+        label,
+        len(problems),
+        scored["n_total"],
+        scored["dataset"],
+        split,
+        scored["source"],
+    )
 
     tracker = Tracker(
         run_dir, cfg.tracking, OmegaConf.to_container(cfg, resolve=True), job_type="evaluate"
@@ -417,12 +433,7 @@ def run(cfg: DictConfig) -> float:
         ) from None
     wall = time.perf_counter() - start
     summary = policy_summary(records, wall) if policy_llm else summarize(records, wall)
-    summary.update(
-        workflow=label,
-        workflow_hash=workflow.hash if workflow else None,
-        dataset=cfg.dataset.name,
-        split=cfg.dataset.split,
-    )
+    summary.update(workflow=label, workflow_hash=workflow.hash if workflow else None, **scored)
 
     with (run_dir / "results.jsonl").open("w", encoding="utf-8") as f:
         for record in records:
@@ -435,7 +446,11 @@ def run(cfg: DictConfig) -> float:
 
     report_at_end(run_dir, cfg, tracker)  # report.html + figures (report=false: none)
     tracker.finish()
-    print_summary(f"{label} on {cfg.dataset.name}/{cfg.dataset.split}", summary)
+    print_summary(
+        f"{label} on {scored['dataset']}/{split}: {len(problems)} of {scored['n_total']} "
+        f"problems\n{scored['source']}",
+        summary,
+    )
     log.info("results in %s", run_dir)
     return float(summary["accuracy"])
 

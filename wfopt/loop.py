@@ -6,7 +6,8 @@ then:
 1. search: the next `loop.problems_per_episode` training problems (a seeded order), one tree
    each, the current policy proposing children; the policy also writes
    `loop.policy_samples` workflows per problem from the training prompt as the root's first
-   children (its invalid ones join the group at `mcts.invalid_reward`): the feedback loop;
+   children (its invalid ones join the group at `mcts.invalid_reward`, -1 by default): the
+   feedback loop;
 2. train: GRPO on this episode's trajectories (plus `loop.replay_episodes` earlier ones),
    continuing from the previous episode's weights and optimizer state;
 3. evaluate: the new policy writes a workflow for each *validation* problem; valid rate,
@@ -630,8 +631,6 @@ def check_loop_config(cfg: DictConfig) -> None:
         )
         if lp[k] < 1
     ]
-    if lp.select not in ("best_val", "last"):
-        problems.append(f"loop.select={lp.select!r} (best_val or last)")
     from wfopt.baselines import list_baselines
 
     known = list_baselines()

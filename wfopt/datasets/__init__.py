@@ -10,8 +10,9 @@
 | jsonl | any file; field names from config | `dataset.scorer`: number/exact/math/code |
 
 The named datasets always use their own scorer; `dataset.scorer` applies to `jsonl`.
-Splits are fixed by `dataset.seed` (rules in splits.py); `dataset.limit` keeps the first N of
-a split. Score.error categories are listed in `ERROR_CATEGORIES` (base.py).
+A file given for a split (`dataset.path=FILE` as `dataset.split`, `dataset.files.<split>`) is
+that split, whole and in order; other splits are fixed by `dataset.seed` (rules in load.py and
+splits.py); `dataset.limit` keeps the first N of a split. Score.error categories are listed in `ERROR_CATEGORIES` (base.py).
 Modules: base (types), splits, scoring (pure extraction/comparison), mathverify (+ its
 worker), code (sandboxed tests), arithmetic, jsonl (reading), records and humaneval (formats),
 dataset (the scorer dispatch), load (`load_dataset`).

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from wfopt.datasets.base import SPLITS, DatasetError, Problem, Score
 from wfopt.datasets.code import score_code
@@ -33,9 +34,19 @@ def score_exact(gold: str, prediction: str) -> Score:
     return Score(float(ok), normalized=normalized)
 
 
+Resplit = Callable[[], tuple[dict[str, list[Problem]], dict[str, str]]]
+
+
 @dataclass
 class SplitDataset:
-    """Problems in fixed splits; `score` never raises for anything a prediction contains."""
+    """Problems in fixed splits; `score` never raises for anything a prediction contains.
+
+    `sources` says where each split's problems come from (a file, whole; a seeded split of
+    one source; ...), for logs and summaries. A split missing from `splits` has no source:
+    asking for it re-splits the one file given by seed when `resplit` can (and nothing was
+    handed out of that file yet, so no split overlaps another), else is a DatasetError that
+    says how to give it.
+    """
 
     name: str
     kind: str  # "math" | "code"
@@ -43,18 +54,60 @@ class SplitDataset:
     scorer: str = "number"
     limit: int | None = None  # first N problems of each split
     score_timeout_s: float = 10.0
+    sources: dict[str, str] = field(default_factory=dict)
+    resplit: Resplit | None = None
+    _handed_out: set[str] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.scorer = str(self.scorer)
         if self.scorer not in SCORERS:
             raise DatasetError(f"dataset.scorer={self.scorer!r}; choose from {', '.join(SCORERS)}")
         if self.limit is not None and self.limit < 0:
             raise DatasetError(f"dataset.limit={self.limit} must be >= 0 (or null for all)")
 
-    def problems(self, split: str) -> list[Problem]:
+    def _check(self, split: str) -> str:
+        split = str(split)
         if split not in SPLITS:
             raise DatasetError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
-        problems = self.splits.get(split, [])
+        if split in self.splits:
+            return split
+        given = ", ".join(f"{s}: {w}" for s, w in self.sources.items()) or "nothing"
+        if self.resplit is None or self._handed_out:
+            why = (
+                f" (its {', '.join(sorted(self._handed_out))} split is already in use whole)"
+                if self.resplit is not None
+                else ""
+            )
+            raise DatasetError(
+                f"{self.name}: no {split} split; given: {given}{why}. Pass "
+                f"dataset.files.{split}=FILE, or dataset.resplit=true to split one file by "
+                "dataset.seed"
+            )
+        self.splits, self.sources = self.resplit()
+        self.resplit = None
+        log.warning(
+            "%s: the %s split was asked for but only one file was given; using %s for every "
+            "split (pass dataset.files.%s=FILE to keep the file whole)",
+            self.name,
+            split,
+            self.sources[split],
+            split,
+        )
+        return split
+
+    def problems(self, split: str) -> list[Problem]:
+        split = self._check(split)
+        self._handed_out.add(split)
+        problems = self.splits[split]
         return list(problems[: self.limit] if self.limit is not None else problems)
+
+    def total(self, split: str) -> int:
+        """Problems in the whole split, before `limit`."""
+        return len(self.splits[self._check(split)])
+
+    def source(self, split: str) -> str:
+        """Where the split's problems come from."""
+        return self.sources.get(self._check(split), "given in code")
 
     async def score(self, problem: Problem, prediction: str) -> Score:
         prediction = "" if prediction is None else str(prediction)

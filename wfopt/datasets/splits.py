@@ -1,8 +1,11 @@
 """Seeded, disjoint train/validation/test splits.
 
-Two rules, both fixed by `dataset.seed` (same seed, same data => same splits, on any machine):
+A file given for a split is that split, whole (load.py); these are the two seeded rules for
+everything else, both fixed by `dataset.seed` (same seed, same data => same splits, on any
+machine):
 
-* one source (the arithmetic generator, a single file, HumanEval): shuffle once and cut
+* one source (the arithmetic generator, the packaged HumanEval, a single file re-split on
+  request or because a command needs a split no file was given for): shuffle once and cut
   `test_fraction` off for test, then `val_fraction` for validation; the rest is train.
 * a source with its own test split (a directory with train.jsonl and test.jsonl, an HF dataset
   with train and test): test is kept as is; validation is the source's own validation split if

@@ -541,7 +541,9 @@ class GRPOTrainer:
                     loss_agg=cfg.loss_agg,
                     num_tokens=num_tokens,
                     num_seqs=num_seqs,
-                    max_response_length=cfg.max_response_length,
+                    # Dr. GRPO's constant: the generation budget (train_policy fills it in)
+                    max_response_length=getattr(cfg, "norm_tokens", None)
+                    or cfg.max_response_length,
                     off_policy=micro.get("off_policy"),
                     off_policy_gamma=cfg.off_policy_gamma,
                     per_row="source_ids" in micro,
@@ -651,7 +653,7 @@ class GRPOTrainer:
                         return last
                     indices = batches[self.batch_in_epoch]
                     batch = collate_samples([dataset[i] for i in indices], self.pad_token_id)
-                    for metrics in self.iterate_batch(batch):
+                    for metrics in self._steps_within_budget(self.iterate_batch(batch)):
                         metrics["train/epoch"] = self.epoch
                         last = metrics
                         if on_step is not None:
@@ -668,6 +670,14 @@ class GRPOTrainer:
                 self.epoch += 1
                 self.batch_in_epoch = 0
         return last
+
+    def _steps_within_budget(self, steps: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """`steps`, cut at `max_steps` even inside a batch's `num_iterations` (the rest of
+        that batch is skipped; its position counts as done, so a resume goes on after it)."""
+        for metrics in steps:
+            yield metrics
+            if self.cfg.max_steps and self.step - self.start_step >= self.cfg.max_steps:
+                return
 
     # ------------------------------------------------------------ state
 

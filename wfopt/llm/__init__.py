@@ -25,8 +25,6 @@ __all__ = [
     "sampling_params",
 ]
 
-BACKENDS = ("same_as_policy", "local", "openai")
-
 
 def sampling_params(cfg: SamplingConfig) -> SamplingParams:
     """`executor.sampling` (a config group) -> the frozen `SamplingParams` requests carry."""
@@ -36,6 +34,12 @@ def sampling_params(cfg: SamplingConfig) -> SamplingParams:
         max_new_tokens=int(cfg.max_new_tokens),
         seed=int(cfg.seed),
     )
+
+
+def openai_identity(executor_cfg: ExecutorConfig) -> dict:
+    """What keys a server's cached answers: where it is and which model it serves."""
+    base_url = (executor_cfg.base_url or "https://api.openai.com/v1").rstrip("/")
+    return {"backend": "openai", "base_url": base_url, "model": executor_cfg.model}
 
 
 def build_executor(
@@ -52,14 +56,13 @@ def build_executor(
     id or directory), else the policy's model (again `shared_local` if given); `openai`: an
     OpenAI-compatible server.
     """
-    backend = executor_cfg.backend
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown executor.backend {backend!r}; use {', '.join(BACKENDS)}")
+    backend = executor_cfg.backend  # a Backend choice: the schema rejects anything else
     llm: LLM
     if backend == "openai":
         from wfopt.llm.openai_backend import OpenAILLM
 
         llm = OpenAILLM.from_config(executor_cfg)
+        llm.cache_identity = openai_identity(executor_cfg)  # type: ignore[attr-defined]
     elif backend == "local" and executor_cfg.model:
         from omegaconf import OmegaConf
 

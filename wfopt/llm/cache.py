@@ -1,7 +1,9 @@
 """A sqlite response cache in front of any backend: reruns are free and deterministic.
 
-Key: sha256 of the canonical JSON of (model name, messages, sampling params, sample index),
-so repeated samples of one prompt (different `sample_index`) stay distinct. Identical
+Key: sha256 of the canonical JSON of (model identity, messages, sampling params, sample
+index), so repeated samples of one prompt (different `sample_index`) stay distinct. The model
+identity is the backend's `cache_identity` (which weights, dtype, prompt rendering; for a
+server its URL and served model name), else its `name` (a policy checkpoint: name@id). Identical
 requests in flight at the same time are generated once and shared. One connection in WAL
 mode serves all coroutines of the process (sqlite calls are sub-millisecond, so they run on
 the event loop); other processes may read and write the same file concurrently.
@@ -21,8 +23,10 @@ from pathlib import Path
 from wfopt.llm.base import LLM, Completion, Message, SamplingParams
 
 
-def cache_key(model: str, messages: list[Message], params: SamplingParams, index: int) -> str:
-    """sha256 of the canonical JSON of one request."""
+def cache_key(
+    model: str | dict, messages: list[Message], params: SamplingParams, index: int
+) -> str:
+    """sha256 of the canonical JSON of one request; `model`: the generating model's identity."""
     payload = {"model": model, "messages": messages, "params": params.as_dict(), "index": index}
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -54,8 +58,13 @@ class CachedLLM:
 
     @property
     def name(self) -> str:
-        """The inner backend's current name: renaming it (a new policy checkpoint) changes keys."""
         return self.inner.name
+
+    @property
+    def identity(self) -> str | dict:
+        """What keys this backend's answers: its `cache_identity`, else its current name
+        (renaming a backend without an identity, e.g. a new policy checkpoint, changes keys)."""
+        return getattr(self.inner, "cache_identity", None) or self.inner.name
 
     def _get(self, key: str) -> Completion | None:
         row = self._db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
@@ -69,14 +78,14 @@ class CachedLLM:
     async def complete(
         self, messages: list[Message], params: SamplingParams, sample_index: int = 0
     ) -> Completion:
-        key = cache_key(self.name, messages, params, sample_index)
+        key = cache_key(self.identity, messages, params, sample_index)
         return await self._cached(key, lambda: self.inner.complete(messages, params, sample_index))
 
     async def complete_text(
         self, prompt: str, params: SamplingParams, sample_index: int = 0
     ) -> Completion:
         """Raw-prompt generation (the policy's own format), cached like `complete`."""
-        key = cache_key(self.name, [{"role": "text", "content": prompt}], params, sample_index)
+        key = cache_key(self.identity, [{"role": "text", "content": prompt}], params, sample_index)
         return await self._cached(
             key,
             lambda: self.inner.complete_text(prompt, params, sample_index),

@@ -161,10 +161,13 @@ class LocalLLM:
         batch_wait_ms: float = 20.0,
         chat_template: bool = True,
         ignore_eos: bool = False,
+        cache_identity: dict | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
+        # what the response cache keys on (see models.model_identity); None: the name
+        self.cache_identity = cache_identity
         self.max_batch_size = max(1, int(max_batch_size))
         self.batch_wait_s = max(0.0, float(batch_wait_ms)) / 1000
         self.chat_template = bool(chat_template) and tokenizer.chat_template is not None
@@ -181,10 +184,10 @@ class LocalLLM:
     @classmethod
     def from_config(cls, model_cfg: ModelConfig, hardware_cfg: HardwareConfig) -> LocalLLM:
         """Load the model and tokenizer named by `model_cfg` on `hardware_cfg`'s device."""
-        from wfopt.models import load_causal_lm, load_tokenizer
+        from wfopt.models import load_causal_lm, load_tokenizer, model_identity
 
         model = load_causal_lm(model_cfg, dtype=hardware_cfg.dtype, device=hardware_cfg.device)
-        return cls(
+        llm = cls(
             model,
             load_tokenizer(model_cfg),
             model_cfg.name,
@@ -192,6 +195,8 @@ class LocalLLM:
             batch_wait_ms=model_cfg.batch_wait_ms,
             chat_template=model_cfg.chat_template,
         )
+        llm.cache_identity = model_identity(model_cfg, model, llm.chat_template)
+        return llm
 
     def render(self, messages: list[Message]) -> str:
         """Messages -> prompt text (chat template with the assistant turn opened)."""

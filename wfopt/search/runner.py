@@ -271,13 +271,9 @@ def seed_source(cfg_mcts: Any, code_task: bool) -> str:
 
 
 def check_mcts_config(m: Any) -> None:
+    """Ranges the schema's types cannot express (its Enums already limit scope, selection
+    and proposer to their choices)."""
     problems = []
-    if m.scope not in ("problem", "dataset"):
-        problems.append(f"mcts.scope={m.scope!r} (use problem or dataset)")
-    if m.selection not in ("uct", "aflow"):
-        problems.append(f"mcts.selection={m.selection!r} (use uct or aflow)")
-    if m.proposer not in ("policy", "edits"):
-        problems.append(f"mcts.proposer={m.proposer!r} (use policy or edits)")
     for key in ("iterations", "max_invalid_retries", "policy_samples"):
         if m[key] < 0:
             problems.append(f"mcts.{key}={m[key]} (must be >= 0)")
