@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
 
+from wfopt.errors import InfrastructureError
+
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 
 
@@ -33,8 +35,10 @@ class Completion:
     cached: bool = False
 
 
-class LLMError(RuntimeError):
+class LLMError(InfrastructureError):
     """A backend failed after its retries (server down, bad response, ...)."""
+
+    what = "the executor failed"
 
 
 @runtime_checkable
