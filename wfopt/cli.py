@@ -55,7 +55,12 @@ def run_hydra_command(command: str, args: list[str]) -> None:
 
     @hydra.main(config_path=str(config_dir()), config_name=command, version_base="1.3")
     def _main(cfg: DictConfig) -> object:
-        return target(cfg)
+        from wfopt.errors import InfrastructureError
+
+        try:
+            return target(cfg)
+        except InfrastructureError as err:  # a clear message, not a traceback, wherever it rose
+            raise SystemExit(f"wfopt {command}: {err.describe()}") from None
 
     saved = sys.argv
     sys.argv = [f"wfopt {command}", *args]

@@ -55,6 +55,8 @@ def build_executor(
     backend = executor_cfg.backend
     if backend not in BACKENDS:
         raise ValueError(f"unknown executor.backend {backend!r}; use {', '.join(BACKENDS)}")
+    if executor_cfg.cache:  # a broken cache file fails now, before a model is loaded
+        CachedLLM.check(executor_cfg.cache_path)
     llm: LLM
     if backend == "openai":
         from wfopt.llm.openai_backend import OpenAILLM

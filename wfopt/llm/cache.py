@@ -46,6 +46,10 @@ def cache_key(model: str, messages: list[Message], params: SamplingParams, index
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+class _NoBackend:
+    name = "none"
+
+
 class CachedLLM:
     """Wraps `inner`; serves repeats of a request from the sqlite file `path` (created)."""
 
@@ -70,6 +74,16 @@ class CachedLLM:
         self._in_flight: dict[str, asyncio.Future[Completion | None]] = {}
         self.hits = 0
         self.misses = 0
+
+    @staticmethod
+    def check(path: str | Path) -> None:
+        """Open and close the cache at `path`: a CacheError now if it is unusable."""
+        CachedLLM(_NoBackend(), path)._close_db()
+
+    def _close_db(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     def __getattr__(self, name: str):
         """Expose the inner backend's extras (e.g. `LocalLLM.tokenizer`)."""
@@ -145,5 +159,4 @@ class CachedLLM:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
-        if self._db is not None:
-            self._db.close()
+        self._close_db()

@@ -1,0 +1,232 @@
+"""Faults of wfopt's own machinery are never a workflow's score; every bad input is a clear error.
+
+Real faults throughout: a full tmpfs under the response cache, a corrupt cache file, four real
+processes writing one cache, closed sqlite connections, truncated checkpoints, read-only run
+directories. The one stand-in is `EchoLLM`, a trivial backend used where the thing under test
+is the cache or the attribution of an exception, not generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from wfopt.datasets import Problem
+from wfopt.errors import CacheError, InfrastructureError
+from wfopt.evaluate import execute
+from wfopt.llm import CachedLLM, SamplingParams
+from wfopt.llm.base import Completion
+
+FAST = ("executor.sampling.max_new_tokens=24", "tracking.wandb=false", "show_progress=false")
+REPO = Path(__file__).resolve().parents[1]
+
+
+class EchoLLM:
+    """Answers every prompt with "Answer: 4" (a stand-in backend: generation is not under test)."""
+
+    name = "echo"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def complete(self, messages, params, sample_index: int = 0) -> Completion:
+        self.calls += 1
+        return Completion(f"Answer: 4 ({sample_index})", prompt_tokens=3, completion_tokens=2)
+
+    async def aclose(self) -> None:
+        pass
+
+
+PROBLEM = Problem(id="p0", question="What is 2 + 2?", answer="4", kind="math")
+
+
+def run_execute(source: str, llm) -> object:
+    from wfopt.config import DatasetConfig
+    from wfopt.datasets import load_dataset
+
+    dataset = load_dataset(DatasetConfig())
+    return asyncio.run(execute(source, PROBLEM, dataset, llm, SamplingParams(), timeout_s=30))
+
+
+# --- who is at fault --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "detail"),
+    [
+        ("async def solve(problem):\n    return 1 // 0\n", "ZeroDivisionError"),
+        ("async def solve(problem):\n    return await ensemble(problem, 5)\n", "must be a list"),
+        (
+            "async def solve(problem):\n    return await generate(problem, 'a', 'b', 'c')\n",
+            "too many positional arguments",
+        ),
+        ("async def solve(problem):\n    return await review(problem)\n", "missing a required"),
+    ],
+)
+def test_the_workflows_own_faults_are_scored_failures(source, detail):
+    record = run_execute(source, EchoLLM())
+    assert record.score == 0.0 and record.error == "runtime_error"
+    assert detail in record.detail
+
+
+def test_a_cache_fault_inside_an_operator_stops_the_run(tmp_path):
+    """Before: `runtime_error`, score 0 (the reported bug). Now: a CacheError naming the file."""
+    llm = CachedLLM(EchoLLM(), tmp_path / "c.sqlite")
+    llm._db.close()  # a real sqlite fault: every statement now raises ProgrammingError
+    with pytest.raises(CacheError, match=r"c\.sqlite: cannot read it.*executor\.cache_path"):
+        run_execute("async def solve(problem):\n    return await generate(problem)\n", llm)
+
+
+def test_a_bug_inside_an_operator_is_infrastructure():
+    """An exception raised by wfopt's operator code (here: a backend returning a non-string,
+    a real TypeError in `_ask`) is wfopt's fault, not a 0 for the workflow."""
+
+    class Broken(EchoLLM):
+        async def complete(self, messages, params, sample_index: int = 0) -> Completion:
+            return Completion(None, 1, 1)  # type: ignore[arg-type]
+
+    with pytest.raises(InfrastructureError, match=r"operator generate failed inside wfopt"):
+        run_execute("async def solve(problem):\n    return await generate(problem)\n", Broken())
+
+
+def test_a_sandbox_runner_fault_is_infrastructure(monkeypatch):
+    """The runner's own failure (the interpreter cannot be started: a real ENOENT from Popen)
+    stops the run; the program never ran, so there is nothing to score."""
+    import wfopt.sandbox as sandbox
+    from wfopt.errors import SandboxError
+
+    monkeypatch.setattr(sandbox, "_python", lambda: "/nonexistent/python3")
+    with pytest.raises(SandboxError, match="nonexistent"):
+        run_execute("async def solve(problem):\n    return await programmer(problem)\n", EchoLLM())
+
+
+# --- the response cache -----------------------------------------------------------------------
+
+
+def test_corrupt_cache_is_a_clear_error_naming_the_file(tmp_path):
+    path = tmp_path / "responses.sqlite"
+    path.write_bytes(b"this is not a database\n" * 200)
+    with pytest.raises(CacheError) as err:
+        CachedLLM(EchoLLM(), path)
+    message = str(err.value)
+    assert str(path) in message and "file is not a database" in message
+    assert "Delete the file" in message and "executor.cache_path" in message
+    assert path.read_bytes().startswith(b"this is not")  # never moved or rebuilt silently
+
+
+def test_corrupt_cache_fails_evaluate_before_loading_a_model(cli, tmp_path):
+    path = tmp_path / "responses.sqlite"
+    path.write_bytes(b"\0garbage" * 1000)
+    run = tmp_path / "run"
+    result = cli(
+        "evaluate", "dataset.limit=2", f"executor.cache_path={path}", f"hydra.run.dir={run}",
+        *FAST, expect_ok=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "the response cache failed" in result.stderr and str(path) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (run / "results.jsonl").exists()
+
+
+WRITER = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    from test_faults import EchoLLM
+    from wfopt.llm import CachedLLM, SamplingParams
+
+    path, me, go = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+    while not go.exists():
+        time.sleep(0.005)
+    async def main():
+        llm = CachedLLM(EchoLLM(), path)
+        for i in range(150):  # 150 own keys, 50 keys every writer shares
+            await llm.complete([{{"role": "user", "content": f"w{{me}}-{{i}}"}}], SamplingParams())
+            if i % 3 == 0:
+                await llm.complete([{{"role": "user", "content": f"shared-{{i}}"}}], SamplingParams())
+        await llm.aclose()
+    asyncio.run(main())
+    """
+)
+
+
+def test_four_processes_write_one_cache_without_locks_or_losses(tmp_path):
+    path, go = tmp_path / "shared.sqlite", tmp_path / "go"
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER.format(tests=str(REPO / "tests")))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(path), str(n), str(go)],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for n in range(4)
+    ]
+    go.touch()  # all four start at once, all create the file and its WAL together
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errors
+    assert not any("locked" in e for e in errors)
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT value FROM responses").fetchall()
+    assert len(rows) == 4 * 150 + 50  # every own key, each shared key once
+    assert all(json.loads(v)["text"].startswith("Answer: 4") for (v,) in rows)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 512 KiB filesystem (root only, as in CI)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)])
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _free(path: Path) -> int:
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
+
+
+def test_disk_full_under_the_cache_fails_the_run_not_the_workflows(cli, tmp_path, small_tmpfs):
+    """The reported bug: exit 0, accuracy 0.000, `runtime_error: database or disk is full`.
+
+    The cache exists; the filesystem keeps just what opening it needs (its WAL index), so the
+    first response stored fails, in the middle of the evaluation.
+    """
+    cache = small_tmpfs / "responses.sqlite"
+    CachedLLM.check(cache)
+    before = _free(small_tmpfs)
+    probe = CachedLLM(EchoLLM(), cache)
+    opening = before - _free(small_tmpfs)
+    asyncio.run(probe.aclose())
+    with (small_tmpfs / "filler").open("wb") as f:
+        f.write(b"\0" * (_free(small_tmpfs) - opening))
+    run = tmp_path / "run"
+    result = cli(
+        "evaluate", "dataset.limit=3", "workflow=io", f"executor.cache_path={cache}",
+        f"hydra.run.dir={run}", *FAST, expect_ok=False,
+    )  # fmt: skip
+    assert result.returncode != 0, result.stdout
+    assert "the response cache failed" in result.stderr and str(cache) in result.stderr
+    assert "cannot write it" in result.stderr and "disk is full" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (run / "results.jsonl").exists() and not (run / "summary.json").exists()
