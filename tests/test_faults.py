@@ -228,5 +228,6 @@ def test_disk_full_under_the_cache_fails_the_run_not_the_workflows(cli, tmp_path
     assert result.returncode != 0, result.stdout
     assert "the response cache failed" in result.stderr and str(cache) in result.stderr
     assert "cannot write it" in result.stderr and "disk is full" in result.stderr
+    assert "Free space" in result.stderr and "executor.cache_path" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (run / "results.jsonl").exists() and not (run / "summary.json").exists()

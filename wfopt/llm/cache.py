@@ -31,11 +31,14 @@ BUSY_TIMEOUT_S = 120.0  # how long a writer waits for another process's transact
 
 
 def cache_error(path: Path, action: str, err: BaseException) -> CacheError:
-    """What went wrong with the cache file `path`, and the two ways out."""
+    """What went wrong with the cache file `path`, and the ways out."""
+    if action == "write it":  # disk full, read-only: the file itself may be fine
+        fix = "Free space on its filesystem (or make it writable)"
+    else:  # corrupt or unreadable
+        fix = "Delete the file (its responses are regenerated)"
     return CacheError(
-        f"response cache {path}: cannot {action}: {type(err).__name__}: {err}. "
-        f"Delete the file (its responses are regenerated), or point executor.cache_path "
-        f"elsewhere (executor.cache=false runs without a cache)."
+        f"response cache {path}: cannot {action}: {type(err).__name__}: {err}. {fix}, or "
+        f"point executor.cache_path elsewhere (executor.cache=false runs without a cache)."
     )
 
 
