@@ -231,3 +231,64 @@ def test_disk_full_under_the_cache_fails_the_run_not_the_workflows(cli, tmp_path
     assert "Free space" in result.stderr and "executor.cache_path" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (run / "results.jsonl").exists() and not (run / "summary.json").exists()
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+
+def truncated(path: Path, data: bytes) -> Path:
+    """`data` cut in half at `path`: what a copy interrupted half-way leaves."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.fixture
+def broken_checkpoint(tmp_path) -> Path:
+    """A full fine-tuning checkpoint whose weight file and trainer state are truncated."""
+    import io
+
+    import torch
+    from safetensors.torch import save
+
+    ckpt = tmp_path / "run" / "checkpoints" / "step-000001"
+    truncated(ckpt / "model" / "model.safetensors", save({"w": torch.zeros(64, 64)}))
+    buffer = io.BytesIO()
+    torch.save({"step": 1, "optimizer": {"x": torch.ones(256)}}, buffer)
+    truncated(ckpt / "trainer_state.pt", buffer.getvalue())
+    (ckpt / "state.json").write_text(json.dumps({"step": 1, "lora": False}))
+    (ckpt.parent / "latest").write_text(ckpt.name + "\n")
+    return ckpt
+
+
+def test_truncated_trainer_state_and_summary_name_the_file(broken_checkpoint):
+    from wfopt.errors import CheckpointError
+    from wfopt.grpo.checkpoint import load_trainer_state, read_summary
+
+    with pytest.raises(CheckpointError, match=r"trainer_state\.pt is unreadable.*truncated"):
+        load_trainer_state(broken_checkpoint)
+    (broken_checkpoint / "state.json").write_text('{"step": 1, "lo')
+    with pytest.raises(CheckpointError, match=r"state\.json is unreadable"):
+        read_summary(broken_checkpoint)
+
+
+def test_truncated_checkpoint_given_to_evaluate_policy(cli, tmp_path, broken_checkpoint):
+    result = cli(
+        "evaluate", f"policy={broken_checkpoint.parent.parent}", "dataset.limit=1",
+        f"hydra.run.dir={tmp_path / 'eval'}", *FAST, expect_ok=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert str(broken_checkpoint / "model" / "model.safetensors") in result.stderr
+    assert "truncated or corrupt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_truncated_checkpoint_given_to_loop_resume(cli, tmp_path, broken_checkpoint):
+    run = tmp_path / "loop"
+    cli("loop", "dry_run=true", f"hydra.run.dir={run}", *FAST)  # the run's config, nothing else
+    state = {"episode": 1, "cursor": 4, "checkpoint": str(broken_checkpoint), "train_step": 1}
+    (run / "state.json").write_text(json.dumps(state))
+    result = cli("loop", f"resume={run}", f"hydra.run.dir={tmp_path / 'again'}", expect_ok=False)
+    assert result.returncode != 0
+    assert str(broken_checkpoint / "model" / "model.safetensors") in result.stderr
+    assert "Traceback" not in result.stderr
+    assert json.loads((run / "state.json").read_text()) == state  # nothing rewritten

@@ -43,3 +43,9 @@ class RunDirError(InfrastructureError):
     """The run directory cannot be written (read-only, full, gone)."""
 
     what = "the run directory cannot be written"
+
+
+class CheckpointError(InfrastructureError, ValueError):
+    """A checkpoint's files are missing, truncated or corrupt; the message names the file."""
+
+    what = "the checkpoint cannot be read"

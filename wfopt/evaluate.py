@@ -457,10 +457,14 @@ def _load_policy(cfg: DictConfig) -> Any:
 
     if cfg.policy == "base":
         return load_policy_llm(cfg.model, cfg.hardware)
+    from wfopt.errors import CheckpointError
     from wfopt.grpo.checkpoint import resolve_checkpoint
 
     try:
         checkpoint = resolve_checkpoint(to_absolute_path(cfg.policy))
     except FileNotFoundError as err:
         raise SystemExit(f"wfopt evaluate: policy={cfg.policy}: {err}") from None
-    return load_policy_llm(cfg.model, cfg.hardware, checkpoint)
+    try:
+        return load_policy_llm(cfg.model, cfg.hardware, checkpoint)
+    except CheckpointError as err:
+        raise SystemExit(f"wfopt evaluate: policy={cfg.policy}: {err}") from None
