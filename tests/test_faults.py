@@ -292,3 +292,191 @@ def test_truncated_checkpoint_given_to_loop_resume(cli, tmp_path, broken_checkpo
     assert str(broken_checkpoint / "model" / "model.safetensors") in result.stderr
     assert "Traceback" not in result.stderr
     assert json.loads((run / "state.json").read_text()) == state  # nothing rewritten
+
+
+# --- a flaky OpenAI-compatible server, soaked ---------------------------------------------------
+
+FAULT_KINDS = ("500", "429", "timeout", "drop", "malformed")
+CLIENT_TIMEOUT_S = 0.5
+
+
+class FlakyServer:
+    """A real OpenAI-compatible HTTP server on 127.0.0.1 that fails at random.
+
+    Draw k of a seeded RNG decides whether the k-th request is a fault; the faults cycle
+    through 500, 429 with Retry-After, a timeout (no answer within the client's timeout), a
+    dropped connection and malformed JSON. Healthy answers are a fixed function of the prompt
+    (the gold answer of the problem in it, or gold + 1), so a run's results do not depend on
+    which requests failed. `down=True`: every request is a 503 (an outage).
+    """
+
+    def __init__(self, golds: dict[str, str], fault_rate: float, seed: int = 0) -> None:
+        import random
+        import threading
+        from collections import Counter
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.golds, self.fault_rate, self.down = golds, fault_rate, False
+        self.rng, self.lock = random.Random(seed), threading.Lock()
+        self.faults: Counter[str] = Counter()
+        self.answered = 0
+        flaky = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fault = flaky.draw()
+                if fault == "drop":
+                    self.close_connection = True  # no status line at all
+                    return
+                if fault == "timeout":
+                    import time
+
+                    time.sleep(CLIENT_TIMEOUT_S + 0.3)
+                status, headers, data = 200, {}, b'{"id": "x", "choices": [ {"mess'
+                if fault in ("500", "down"):
+                    status, data = (503 if fault == "down" else 500), b'{"error": {"message": "x"}}'
+                elif fault == "429":
+                    status, headers, data = 429, {"Retry-After": "0.01"}, b'{"error": {}}'
+                elif fault in (None, "timeout"):
+                    data = json.dumps(flaky.completion(body)).encode()
+                try:
+                    self.send_response(status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def draw(self) -> str | None:
+        with self.lock:
+            if self.down:
+                self.faults["down"] += 1
+                return "down"
+            if self.rng.random() < self.fault_rate:
+                kind = FAULT_KINDS[sum(self.faults.values()) % len(FAULT_KINDS)]
+                self.faults[kind] += 1
+                return kind
+            self.answered += 1
+            return None
+
+    def completion(self, body: dict) -> dict:
+        import zlib
+
+        prompt = body["messages"][-1]["content"]
+        gold = next((g for q, g in self.golds.items() if q in prompt), None)
+        # right for about half of the prompts, always the same answer for one prompt
+        text = "A" if gold is None else f"Answer: {int(gold) + zlib.crc32(prompt.encode()) % 2}"
+        return {
+            "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+        }  # fmt: skip
+
+    @property
+    def injected(self) -> int:
+        return sum(self.faults.values())
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def flaky():
+    from wfopt.config import DatasetConfig
+    from wfopt.datasets import load_dataset
+
+    dataset = load_dataset(DatasetConfig(num_problems=60))
+    golds = {p.question: p.answer for s in ("train", "test") for p in dataset.problems(s)}
+    servers: list[FlakyServer] = []
+
+    def start(fault_rate: float) -> FlakyServer:
+        servers.append(FlakyServer(golds, fault_rate, seed=len(servers)))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def executor_args(server: FlakyServer, retries: int = 12) -> list[str]:
+    return [
+        "executor=openai", "executor.model=flaky", f"executor.base_url={server.url}",
+        f"executor.max_retries={retries}", f"executor.timeout_s={CLIENT_TIMEOUT_S}",
+        "executor.retry_backoff_s=0.01", "executor.cache=false", "dataset.num_problems=60",
+    ]  # fmt: skip
+
+
+def _records(run: Path) -> list[tuple]:
+    lines = (run / "results.jsonl").read_text().splitlines()
+    return [
+        (r["problem_id"], r["prediction"], r["score"], r["error"]) for r in map(json.loads, lines)
+    ]
+
+
+def test_evaluation_against_a_flaky_server_equals_a_clean_one(cli, tmp_path, flaky):
+    """Every fault is retried (and counted), none is scored: the results are exactly those
+    against a server that never fails."""
+    clean, noisy = flaky(0.0), flaky(0.35)
+    args = ["evaluate", "workflow=cot_sc", "dataset.limit=6", *FAST]
+    cli(*args, *executor_args(clean), f"hydra.run.dir={tmp_path / 'clean'}")
+    cli(*args, *executor_args(noisy), f"hydra.run.dir={tmp_path / 'noisy'}")
+    assert noisy.injected >= len(FAULT_KINDS) and set(noisy.faults) == set(FAULT_KINDS)
+    reference = _records(tmp_path / "clean")
+    assert _records(tmp_path / "noisy") == reference
+    assert 0 < sum(r[2] for r in reference) < len(reference)  # the server is right sometimes
+    metrics = [json.loads(line) for line in (tmp_path / "noisy" / "metrics.jsonl").open()]
+    logged = next(m for m in metrics if "executor/retries" in m)
+    assert logged["executor/retries"] == noisy.injected  # one retry per fault
+    assert logged["executor/requests"] == noisy.answered == clean.answered
+
+
+def _search(run: Path, server: FlakyServer, *extra: str, retries: int = 12) -> list[str]:
+    return [
+        "search", "dataset.limit=3", "mcts.proposer=edits", "mcts.iterations=2",
+        "mcts.rollouts=1", *FAST, *executor_args(server, retries), f"hydra.run.dir={run}", *extra,
+    ]  # fmt: skip
+
+
+def _rewards(run: Path) -> dict[str, tuple]:
+    lines = (run / "trajectories.jsonl").read_text().splitlines()
+    return {
+        t["problem_id"]: (tuple(t["workflow_codes"]), tuple(t["rewards"]))
+        for t in map(json.loads, lines)
+    }
+
+
+def test_search_against_a_flaky_server_then_an_outage_then_resume(cli, tmp_path, flaky):
+    clean, noisy = flaky(0.0), flaky(0.35)
+    cli(*_search(tmp_path / "clean", clean))
+    reference = _rewards(tmp_path / "clean")
+    assert len(reference) == 3
+
+    cli(*_search(tmp_path / "noisy", noisy))
+    assert _rewards(tmp_path / "noisy") == reference  # no trajectory lost, no fault a 0
+    summary = json.loads((tmp_path / "noisy" / "search_summary.json").read_text())
+    assert summary["executor/retries"] == noisy.injected > 0
+
+    noisy.down = True  # an outage longer than the retries
+    run = tmp_path / "outage"
+    result = cli(*_search(run, noisy, retries=2), expect_ok=False)
+    assert result.returncode != 0 and "the executor failed" in result.stderr
+    assert f"resume={run}" in result.stderr and "Traceback" not in result.stderr
+    assert not (run / "trajectories.jsonl").exists() or _rewards(run).items() <= reference.items()
+
+    noisy.down = False  # back up: the resumed search finishes what is missing
+    cli(*_search(tmp_path / "resumed", noisy, f"resume={run}"))
+    assert _rewards(run) == reference

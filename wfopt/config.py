@@ -57,7 +57,8 @@ class ExecutorConfig:
     base_url: str | None = None  # openai: e.g. http://localhost:8000/v1 (vLLM / SGLang / llama.cpp)
     api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key ("EMPTY" if unset)
     max_concurrency: int = 32  # openai: requests in flight
-    max_retries: int = 4  # openai: retries on 429/5xx/timeouts, exponential backoff
+    max_retries: int = 4  # openai: retries on 429/5xx/timeouts/malformed replies, with backoff
+    retry_backoff_s: float = 0.5  # openai: first backoff (doubles, max 8 s; Retry-After wins)
     timeout_s: float = 120.0
     # USD per 1M tokens; null = unknown (reported as unknown, never as $0)
     price_prompt_per_m: float | None = None

@@ -356,7 +356,7 @@ def run(cfg: DictConfig) -> float:
 
     from wfopt.datasets import load_dataset
     from wfopt.errors import RunDirError
-    from wfopt.llm import build_executor, sampling_params
+    from wfopt.llm import build_executor, executor_metrics, sampling_params
     from wfopt.runtime import check_writable, setup_runtime, write_atomic
     from wfopt.tracking import Tracker
 
@@ -440,7 +440,7 @@ def run(cfg: DictConfig) -> float:
     except RunDirError as err:
         tracker.finish()
         raise SystemExit(f"wfopt evaluate: {err}") from None
-    metrics = eval_metrics(summary)
+    metrics = {**eval_metrics(summary), **executor_metrics(llm)}
     tracker.log(metrics, step=0)
     tracker.summary(metrics)
     tracker.finish()

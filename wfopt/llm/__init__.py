@@ -22,6 +22,7 @@ __all__ = [
     "Message",
     "SamplingParams",
     "build_executor",
+    "executor_metrics",
     "sampling_params",
 ]
 
@@ -36,6 +37,15 @@ def sampling_params(cfg: SamplingConfig) -> SamplingParams:
         max_new_tokens=int(cfg.max_new_tokens),
         seed=int(cfg.seed),
     )
+
+
+def executor_metrics(llm: LLM) -> dict[str, int]:
+    """`executor/requests` and `executor/retries` of a backend that counts them (openai; also
+    behind the cache, which passes attributes through), else nothing."""
+    requests, retries = getattr(llm, "requests", None), getattr(llm, "retries", None)
+    if not isinstance(requests, int) or not isinstance(retries, int):
+        return {}
+    return {"executor/requests": requests, "executor/retries": retries}
 
 
 def build_executor(

@@ -446,7 +446,7 @@ def run(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     from wfopt.datasets import DatasetError, load_dataset
-    from wfopt.llm import sampling_params
+    from wfopt.llm import executor_metrics, sampling_params
     from wfopt.runtime import setup_runtime
     from wfopt.tracking import Tracker
 
@@ -516,7 +516,7 @@ def run(cfg: DictConfig) -> float:
 
     try:
         report = asyncio.run(main())
-        metrics = report.metrics()
+        metrics = {**report.metrics(), **executor_metrics(executor)}
         write_atomic(run_dir / "search_summary.json", json.dumps(metrics, indent=2))
     except InfrastructureError as err:  # wfopt's fault, not a workflow's: no reward recorded
         tracker.finish()
