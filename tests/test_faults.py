@@ -480,3 +480,24 @@ def test_search_against_a_flaky_server_then_an_outage_then_resume(cli, tmp_path,
     noisy.down = False  # back up: the resumed search finishes what is missing
     cli(*_search(tmp_path / "resumed", noisy, f"resume={run}"))
     assert _rewards(run) == reference
+
+
+# --- the run directory --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_unwritable_run_directory_fails_at_the_first_write(cli, small_tmpfs, fault):
+    """Before: Hydra's traceback (`OSError: [Errno 28]` / `[Errno 30]`) from its config dump."""
+    if fault == "full":
+        with (small_tmpfs / "filler").open("wb") as f:
+            f.write(b"\0" * _free(small_tmpfs))
+    else:
+        subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    run = small_tmpfs / "run"
+    for command in ("evaluate", "search", "loop"):
+        result = cli(command, "dataset.limit=1", f"hydra.run.dir={run}", *FAST, expect_ok=False)
+        assert result.returncode != 0
+        assert f"wfopt {command}: the run directory cannot be written" in result.stderr
+        assert f"cannot write {run}" in result.stderr and "Traceback" not in result.stderr
+        reason = "No space left" if fault == "full" else "Read-only file system"
+        assert reason in result.stderr

@@ -357,15 +357,11 @@ def run(cfg: DictConfig) -> float:
     from wfopt.datasets import load_dataset
     from wfopt.errors import RunDirError
     from wfopt.llm import build_executor, executor_metrics, sampling_params
-    from wfopt.runtime import check_writable, setup_runtime, write_atomic
+    from wfopt.runtime import setup_runtime, write_atomic
     from wfopt.tracking import Tracker
 
     setup_runtime(cfg)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        check_writable(run_dir)
-    except RunDirError as err:
-        raise SystemExit(f"wfopt evaluate: {err}") from None
+    run_dir = Path(HydraConfig.get().runtime.output_dir)  # checked writable (cli.RunDirCheck)
     policy_llm, workflow = None, None
     if cfg.policy:
         label = f"policy {cfg.policy}"
