@@ -446,7 +446,7 @@ def test_evaluation_against_a_flaky_server_equals_a_clean_one(cli, tmp_path, fla
 
 def _search(run: Path, server: FlakyServer, *extra: str, retries: int = 12) -> list[str]:
     return [
-        "search", "dataset.limit=3", "mcts.proposer=edits", "mcts.iterations=2",
+        "search", "dataset.limit=2", "mcts.proposer=edits", "mcts.iterations=2",
         "mcts.rollouts=1", *FAST, *executor_args(server, retries), f"hydra.run.dir={run}", *extra,
     ]  # fmt: skip
 
@@ -463,7 +463,7 @@ def test_search_against_a_flaky_server_then_an_outage_then_resume(cli, tmp_path,
     clean, noisy = flaky(0.0), flaky(0.35)
     cli(*_search(tmp_path / "clean", clean))
     reference = _rewards(tmp_path / "clean")
-    assert len(reference) == 3
+    assert len(reference) == 2
 
     cli(*_search(tmp_path / "noisy", noisy))
     assert _rewards(tmp_path / "noisy") == reference  # no trajectory lost, no fault a 0
