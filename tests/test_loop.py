@@ -203,7 +203,7 @@ def test_executor_outage_fails_the_episode_clearly(cli, tmp_path, dead_executor)
     run = tmp_path / "run"
     result = cli("loop", *TINY, *dead_executor, f"hydra.run.dir={run}", expect_ok=False)
     assert result.returncode != 0
-    assert "executor is unreachable" in result.stderr and f"resume={run}" in result.stderr
+    assert "the executor failed" in result.stderr and f"resume={run}" in result.stderr
     state = load_state(run)
     # the untrained policy's validation row may be complete (its workflows can all be invalid,
     # needing no executor); nothing of the episode is recorded

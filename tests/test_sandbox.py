@@ -8,6 +8,7 @@ too. Checks that only bubblewrap can pass (file system, network, signals) skip w
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -376,6 +377,72 @@ def test_cancelled_async_run_kills_the_child() -> None:
 
     asyncio.run(main())
     _assert_no_strays("/nonexistent", baseline=before)
+
+
+# -- no preexec_fn: limits from the prelude, safe under threads --------------------------------
+
+LIMITS_PROBE = """\
+import os, resource
+names = ["RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_CORE"]
+print(*(resource.getrlimit(getattr(resource, n)) for n in names), sep=";")
+print(sorted(int(fd) for fd in os.listdir("/proc/self/fd")))
+"""
+# (code, status, a fragment of stderr): each limit really stops a run started under load
+ENFORCED = [
+    ("b = bytearray(600 * 1024 * 1024)", "memory", "MemoryError"),
+    ("open('big', 'wb').write(b'x' * (3 * 1024 * 1024))", "error", "File too large"),
+    ("fs = [open('main.py') for _ in range(40)]", "error", "Too many open files"),
+    ("while True: pass", "timeout", ""),
+]
+
+
+def test_hundreds_of_runs_from_threads_finish_with_every_limit_enforced(mode: str) -> None:
+    """`preexec_fn` could deadlock a child forked while other threads hold locks; the prelude
+    cannot. 200 runs from 48 threads at once: none hangs, each has exactly its limits, and
+    limit-breaking runs among them are stopped."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    limits = SandboxLimits(timeout_s=20, cpu_s=1, memory_mb=256, file_size_mb=2, max_open_files=32)
+    jobs = [ENFORCED[i // 50] if i % 50 == 0 else (LIMITS_PROBE, "ok", "") for i in range(200)]
+    start = time.monotonic()
+    with ThreadPoolExecutor(48) as pool:
+        results = list(pool.map(lambda job: run_python(job[0], limits=limits), jobs))
+    assert time.monotonic() - start < 240, "the runs should not hang"
+    mb = 1024 * 1024
+    expected = ";".join(str(v) for v in [(1, 2), (256 * mb,) * 2, (2 * mb,) * 2, (32, 32), (0, 0)])
+    for (code, status, fragment), result in zip(jobs, results, strict=True):
+        assert result.status == status, (code, result)
+        assert fragment in result.stderr
+        if code is LIMITS_PROBE:
+            rlimits, fds = result.stdout.splitlines()
+            assert rlimits == expected
+            assert json.loads(fds) == [0, 1, 2, 3]  # no status pipe or other leaked descriptor
+
+
+def test_a_program_cannot_pass_itself_off_as_a_sandbox_failure(mode: str) -> None:
+    """Printing bubblewrap's error prefix and exiting 1 is the program's error, not the
+    sandbox's (a sandbox_error stops a whole search)."""
+    result = run_python("import sys\nsys.stderr.write('bwrap: no permission\\n')\nsys.exit(1)")
+    assert result.status == "error" and result.returncode == 1
+
+
+def test_a_prelude_that_fails_is_a_sandbox_error(mode: str, monkeypatch, tmp_path) -> None:
+    """A cgroup that cannot be joined (here: gone) is the sandbox's fault: the program never
+    ran, so the run is a sandbox_error with the reason, never a status of the program."""
+    monkeypatch.setattr(sandbox, "_make_cgroup", lambda limits: tmp_path / "gone")
+    result = run_python("print('ran')")
+    assert result.status == "sandbox_error" and result.stdout == ""
+    assert "FileNotFoundError" in result.stderr and "gone" in result.stderr
+
+
+@needs_bwrap
+def test_bubblewrap_that_cannot_start_is_a_sandbox_error(monkeypatch) -> None:
+    real = sandbox._bwrap_argv
+    monkeypatch.setattr(
+        sandbox, "_bwrap_argv", lambda *a: [real(*a)[0], "--no-such-option", *real(*a)[1:]]
+    )
+    result = run_python("print('ran')")
+    assert result.status == "sandbox_error" and "before the program started" in result.stderr
 
 
 # -- isolation choice ---------------------------------------------------------------------------

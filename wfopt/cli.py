@@ -15,6 +15,7 @@ from pathlib import Path
 
 import hydra
 import typer
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from wfopt.config import register_configs
@@ -87,6 +88,29 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (DatasetError, ModelLoadError)
 
 
+class RunDirCheck(Callback):
+    """Before Hydra writes `.hydra/` into the run (or sweep) directory: a directory that cannot
+    take a write (read-only, full) is a one-line error naming it, not Hydra's traceback."""
+
+    def __init__(self, command: str = "") -> None:
+        self.command = command
+
+    def _check(self, where: object) -> None:
+        from wfopt.errors import RunDirError
+        from wfopt.runtime import check_writable
+
+        try:
+            check_writable(Path(str(where)).absolute())
+        except RunDirError as err:  # SystemExit: Hydra's error report would add a traceback
+            raise SystemExit(f"wfopt {self.command}: {err.describe()}") from None
+
+    def on_run_start(self, config: DictConfig, **kwargs: object) -> None:
+        self._check(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
+        self._check(config.hydra.sweep.dir)
+
+
 def run_hydra_command(command: str, args: list[str]) -> None:
     """Run `command` as a Hydra app over `args` (what followed the subcommand name)."""
     register_configs()
@@ -95,15 +119,29 @@ def run_hydra_command(command: str, args: list[str]) -> None:
 
     @hydra.main(config_path=str(config_dir()), config_name=command, version_base="1.3")
     def _main(cfg: DictConfig) -> object:
+        from wfopt.errors import InfrastructureError
+
         if picked:
             logging.getLogger("wfopt").info("%s", picked)
         try:
             return target(cfg)
+        except InfrastructureError as err:  # a clear message, not a traceback, wherever it rose
+            raise SystemExit(f"wfopt {command}: {err.describe()}") from None
         except _user_errors() as err:
             raise SystemExit(f"wfopt {command}: {err}") from None
 
+        try:
+            return target(cfg)
+        except InfrastructureError as err:  # a clear message, not a traceback, wherever it rose
+            raise SystemExit(f"wfopt {command}: {err.describe()}") from None
+
+    check = [
+        "+hydra.callbacks.wfopt_run_dir._target_=wfopt.cli.RunDirCheck",
+        f"+hydra.callbacks.wfopt_run_dir.command={command}",
+    ]
+    help_only = any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c") for a in args)
     saved = sys.argv
-    sys.argv = [f"wfopt {command}", *args]
+    sys.argv = [f"wfopt {command}", *args, *([] if help_only else check)]
     try:
         _main()
     finally:

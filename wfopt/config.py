@@ -218,7 +218,12 @@ class ExecutorConfig:
         "OPENAI_API_KEY", 'environment variable with the key ("EMPTY" if unset)'
     )
     max_concurrency: int = knob(32, "openai: requests in flight")
-    max_retries: int = knob(4, "openai: retries on 429/5xx/timeouts, exponential backoff")
+    max_retries: int = knob(
+        4, "openai: retries on 429/5xx/timeouts/malformed replies, with backoff"
+    )
+    retry_backoff_s: float = knob(
+        0.5, "openai: first backoff in seconds (doubles, max 8 s; Retry-After wins)"
+    )
     timeout_s: float = knob(120.0, "openai: seconds per request")
     price_prompt_per_m: float | None = knob(
         None, "USD per 1M prompt tokens; null = unknown (reported as unknown, never as $0)"
@@ -229,7 +234,7 @@ class ExecutorConfig:
     cache: bool = knob(
         True,
         "sqlite response cache keyed by the generating model's identity: reruns perform zero "
-        "new generations",
+        "new generations; shared safely by several processes",
     )
     cache_path: str = knob(
         "${oc.env:WFOPT_CACHE_DIR,${oc.env:HOME}/.cache/wfopt}/responses.sqlite",

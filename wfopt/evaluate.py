@@ -3,7 +3,9 @@
 The same `execute` runs a workflow on one problem for the search and the loop: validate once,
 bind fresh operators (own ledger and budget), run under the time limit, score the output.
 Failures of the workflow itself (invalid code, budget, timeout, its own exceptions) are
-recorded as scored failures with a category; they never stop the evaluation.
+recorded as scored failures with a category; they never stop the evaluation. Faults of wfopt's
+machinery (`wfopt.errors.InfrastructureError`: executor, cache, sandbox runner, scorer) stop
+it: no record is made for them, and `wfopt evaluate` writes no results at all.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from wfopt.llm.base import LLM, LLMError, SamplingParams
+from wfopt.errors import InfrastructureError
+from wfopt.llm.base import LLM, SamplingParams
 from wfopt.operators import Operators
 from wfopt.stats import wilson_interval
 from wfopt.workflow import (
@@ -350,12 +353,13 @@ def run(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     from wfopt.datasets import load_dataset
-    from wfopt.llm import build_executor, sampling_params
-    from wfopt.runtime import setup_runtime
+    from wfopt.errors import RunDirError
+    from wfopt.llm import build_executor, executor_metrics, sampling_params
+    from wfopt.runtime import setup_runtime, write_atomic
     from wfopt.tracking import Tracker
 
     setup_runtime(cfg)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)  # checked writable (cli.RunDirCheck)
     policy_llm, workflow = None, None
     if not cfg.policy:
         label, source = load_workflow_source(cfg)
@@ -426,20 +430,22 @@ def run(cfg: DictConfig) -> float:
     start = time.perf_counter()
     try:
         records = asyncio.run(main())
-    except LLMError as err:  # nothing was written: results only exist for a complete run
+    except InfrastructureError as err:  # nothing written: results exist only for a whole run
         tracker.finish()
-        raise SystemExit(
-            f"wfopt evaluate: the executor failed, no results written: {err}"
-        ) from None
+        raise SystemExit(f"wfopt evaluate: {err.describe()}\nNo results were written.") from None
     wall = time.perf_counter() - start
     summary = policy_summary(records, wall) if policy_llm else summarize(records, wall)
     summary.update(workflow=label, workflow_hash=workflow.hash if workflow else None, **scored)
 
-    with (run_dir / "results.jsonl").open("w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(asdict(record)) + "\n")
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    metrics = eval_metrics(summary)
+    try:
+        write_atomic(
+            run_dir / "results.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in records)
+        )
+        write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
+    except RunDirError as err:
+        tracker.finish()
+        raise SystemExit(f"wfopt evaluate: {err}") from None
+    metrics = {**eval_metrics(summary), **executor_metrics(llm)}
     tracker.log(metrics, step=0)
     tracker.summary(metrics)
     from wfopt.report import report_at_end
@@ -463,10 +469,14 @@ def _load_policy(cfg: DictConfig) -> Any:
 
     if cfg.policy == "base":
         return load_policy_llm(cfg.model, cfg.hardware)
+    from wfopt.errors import CheckpointError
     from wfopt.grpo.checkpoint import resolve_checkpoint
 
     try:
         checkpoint = resolve_checkpoint(to_absolute_path(cfg.policy))
     except FileNotFoundError as err:
         raise SystemExit(f"wfopt evaluate: policy={cfg.policy}: {err}") from None
-    return load_policy_llm(cfg.model, cfg.hardware, checkpoint)
+    try:
+        return load_policy_llm(cfg.model, cfg.hardware, checkpoint)
+    except CheckpointError as err:
+        raise SystemExit(f"wfopt evaluate: policy={cfg.policy}: {err}") from None

@@ -49,6 +49,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from wfopt.errors import InfrastructureError
 from wfopt.evaluate import (
     eval_metrics,
     evaluate_policy,
@@ -57,7 +58,6 @@ from wfopt.evaluate import (
     policy_summary,
     summarize,
 )
-from wfopt.llm.base import LLMError
 
 log = logging.getLogger(__name__)
 
@@ -686,7 +686,7 @@ def run(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import to_absolute_path
 
-    from wfopt.runtime import setup_runtime
+    from wfopt.runtime import check_writable, run_dir_error, setup_runtime
     from wfopt.search.runner import SearchError
 
     setup_runtime(cfg)
@@ -707,9 +707,17 @@ def run(cfg: DictConfig) -> float:
         else:
             run_dir = Path(HydraConfig.get().runtime.output_dir)
             state = new_state()
+        check_writable(run_dir)
         loop = Loop(cfg, run_dir, state)
         save_state(run_dir, state)
-    except (LoopError, SearchError, FileNotFoundError, KeyError, ValueError) as err:
+    except (
+        LoopError,
+        SearchError,
+        InfrastructureError,
+        FileNotFoundError,
+        KeyError,
+        ValueError,
+    ) as err:
         raise SystemExit(f"wfopt loop: {err}") from None
 
     async def main() -> None:
@@ -721,11 +729,13 @@ def run(cfg: DictConfig) -> float:
     start = time.perf_counter()
     try:
         asyncio.run(main())
-    except LLMError as err:
+    except (InfrastructureError, OSError) as err:  # wfopt's fault: no score or reward recorded
         loop.tracker.finish()
+        if isinstance(err, OSError):  # a run-directory write (state, records, checkpoints)
+            err = run_dir_error(Path(err.filename or run_dir), err)
         raise SystemExit(
-            f"wfopt loop: episode {state['episode'] + 1} failed, the executor is unreachable: "
-            f"{err}\nNothing is half-written; continue with resume={run_dir}"
+            f"wfopt loop: episode {state['episode'] + 1} failed, {err.describe()}\n"
+            f"Nothing is half-written; continue with resume={run_dir}"
         ) from None
     except (LoopError, SearchError) as err:
         loop.tracker.finish()

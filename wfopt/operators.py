@@ -15,17 +15,27 @@ run's `Ledger`. Workflows see them as plain functions (`await generate(problem, 
 | `format_answer(problem, solution)` | just the final answer (or just the code for code tasks) |
 | `code_generate(problem, entry_point, instruction="")` | a Python function named `entry_point` |
 | `test(problem, solution, entry_point)` | `PASS`, or `FAIL: <error>` on the public examples |
+
+Who is at fault: `bound()` wraps every operator so that a workflow's bad call (wrong
+arguments, candidates that are not a list) is the workflow's `WorkflowError`, a scored failure,
+while anything that goes wrong *inside* an operator (the executor, the response cache, the
+sandbox runner, a bug here) is an `InfrastructureError` that stops the run: never a 0 score.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from wfopt.errors import InfrastructureError, SandboxError
 from wfopt.llm.base import LLM, Message, SamplingParams
+from wfopt.workflow import BudgetExceeded, WorkflowError
 
 OPERATOR_NAMES = frozenset(
     {
@@ -121,6 +131,32 @@ def answer_key(text: str, kind: str = "math") -> str:
     return (match[-1] if match else text).strip().lower()
 
 
+def _attributed(name: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+    """`method` as a workflow calls it, with every failure attributed (module docstring)."""
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as err:
+            raise WorkflowError(f"{name}(): {err}") from None
+        candidates = bound.arguments.get("candidates")
+        if "candidates" in bound.arguments and not isinstance(candidates, list | tuple):
+            kind = type(candidates).__name__
+            raise WorkflowError(f"{name}(): candidates must be a list, not {kind}")
+        try:
+            return await method(*bound.args, **bound.kwargs)
+        except (WorkflowError, InfrastructureError):
+            raise
+        except Exception as err:  # not the workflow's code: never a scored failure
+            raise InfrastructureError(
+                f"operator {name} failed inside wfopt: {type(err).__name__}: {err}"[:800]
+            ) from err
+
+    return call
+
+
 class Operators:
     """The operators of one workflow run, sharing its ledger, budget and sample counters."""
 
@@ -149,11 +185,9 @@ class Operators:
 
     def bound(self) -> dict[str, Any]:
         """Name -> coroutine function, as the workflow namespace sees them."""
-        return {name: getattr(self, f"op_{name}") for name in OPERATOR_NAMES}
+        return {name: _attributed(name, getattr(self, f"op_{name}")) for name in OPERATOR_NAMES}
 
     def _count_call(self) -> None:
-        from wfopt.workflow import BudgetExceeded
-
         self.ledger.operator_calls += 1
         if self.ledger.operator_calls > self.max_calls:
             raise BudgetExceeded(f"more than {self.max_calls} operator calls")
@@ -188,6 +222,8 @@ class Operators:
 
         start = time.perf_counter()
         result = await arun_python(code, limits=self.sandbox_limits or SandboxLimits(timeout_s=10))
+        if result.status == "sandbox_error":  # the runner failed, the program never ran
+            raise SandboxError(f"the code sandbox failed: {result.stderr.strip()[:300]}")
         self.ledger.entries.append(
             LedgerEntry(
                 operator="sandbox",

@@ -182,14 +182,12 @@ def load_policy_llm(model_cfg: Any, hardware_cfg: Any, checkpoint: Any = None) -
 
     if checkpoint is None:
         return LocalLLM.from_config(model_cfg, hardware_cfg)
-    from wfopt.grpo.checkpoint import load_full_weights, read_summary
+    from wfopt.grpo.checkpoint import load_adapter, load_full_weights, read_summary
 
     checkpoint = Path(checkpoint)
     model = load_causal_lm(model_cfg, dtype=hardware_cfg.dtype, device=hardware_cfg.device)
     if read_summary(checkpoint).get("lora"):
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(checkpoint / "model")).merge_and_unload()
+        model = load_adapter(model, checkpoint).merge_and_unload()
     else:
         load_full_weights(model, checkpoint / "model")
     return LocalLLM(

@@ -11,8 +11,11 @@ minimal environment (PATH, LANG, HOME, TMPDIR: no API keys). Layers of containme
   loopback; no other process visible or signalable), all capabilities dropped, a new terminal session,
   and the sandbox dies with its parent. When the pid namespace's init dies, the kernel kills every
   process left in it, so nothing a run starts outlives it.
-* **rlimits**, set in the child before exec (`preexec_fn`): CPU seconds, address space, file size,
-  open files and no core dumps.
+* **rlimits**, set by a tiny prelude the child runs before exec'ing bwrap or the program (not
+  `preexec_fn`, which can deadlock a child forked from a threaded parent): CPU seconds, address
+  space, file size, open files and no core dumps. The prelude also tells the parent, on a private
+  pipe, when the program itself starts: a run that never got there is a `sandbox_error` (the
+  sandbox's fault), which nothing the program prints can imitate, and the wall clock starts then.
 * **a process cap**: root ignores RLIMIT_NPROC, so as root each run gets its own `pids` cgroup
   (pids.max) where one is writable; as another user RLIMIT_NPROC is set to the user's current task
   count plus the cap. This is what stops a fork bomb from exhausting the host's pids and memory.
@@ -38,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
 import resource
@@ -245,31 +249,65 @@ def _user_tasks(uid: int) -> int:
     return count
 
 
-def _preexec(limits: SandboxLimits, cgroup: Path | None, nproc: int | None) -> Callable[[], None]:
-    """Runs in the child between fork and exec: join the cgroup, set the rlimits."""
+# The prelude: a few lines of Python that the sandbox's processes run before the real program,
+# because `preexec_fn` is unsafe in a threaded parent (the child can deadlock before exec). The
+# outer one joins the cgroup, sets the rlimits and execs bwrap (or, without bwrap, the program);
+# the program's own process reports "R" (started) on the status pipe and closes it before
+# exec'ing the program, so nothing the program does can look like a failure of the sandbox. A
+# prelude that fails reports "E<reason>" there instead. Run with -S: no site import, fast.
+_PRELUDE = """\
+import json, os, resource, sys
+fd, spec = int(sys.argv[1]), json.loads(sys.argv[2])
+try:
+    if spec["cgroup"]:
+        g = os.open(spec["cgroup"], os.O_WRONLY)
+        try:
+            os.write(g, str(os.getpid()).encode())
+        finally:
+            os.close(g)
+    for which, soft, hard in spec["rlimits"]:
+        resource.setrlimit(which, (soft, hard))
+    if spec["started"]:
+        os.write(fd, b"R")
+        os.set_inheritable(fd, False)  # closed by a successful exec: the program never sees it
+    os.execv(sys.argv[3], sys.argv[3:])
+except BaseException as exc:
+    os.write(fd, f"E{type(exc).__name__}: {exc}".encode())
+    os._exit(127)
+"""
+_STARTUP_S = 60.0  # the sandbox must start the program within this (a very busy machine)
+
+
+def _prelude(status_fd: int, spec: dict, argv: list[str]) -> list[str]:
+    return [_python(), "-I", "-S", "-c", _PRELUDE, str(status_fd), json.dumps(spec), *argv]
+
+
+def _rlimits(limits: SandboxLimits, nproc: int | None) -> list[tuple[int, int, int]]:
     mb = 1024 * 1024
     rlimits = [
-        (resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1)),  # SIGXCPU, then SIGKILL
-        (resource.RLIMIT_AS, (limits.memory_mb * mb,) * 2),
-        (resource.RLIMIT_FSIZE, (limits.file_size_mb * mb,) * 2),
-        (resource.RLIMIT_NOFILE, (limits.max_open_files,) * 2),
-        (resource.RLIMIT_CORE, (0, 0)),
+        (resource.RLIMIT_CPU, limits.cpu_s, limits.cpu_s + 1),  # SIGXCPU, then SIGKILL
+        (resource.RLIMIT_AS, limits.memory_mb * mb, limits.memory_mb * mb),
+        (resource.RLIMIT_FSIZE, limits.file_size_mb * mb, limits.file_size_mb * mb),
+        (resource.RLIMIT_NOFILE, limits.max_open_files, limits.max_open_files),
+        (resource.RLIMIT_CORE, 0, 0),
     ]
     if nproc is not None:
-        rlimits.append((resource.RLIMIT_NPROC, (nproc, nproc)))
-    procs = str(cgroup / "cgroup.procs").encode() if cgroup else None
+        rlimits.append((resource.RLIMIT_NPROC, nproc, nproc))
+    return rlimits
 
-    def apply() -> None:
-        if procs is not None:
-            fd = os.open(procs, os.O_WRONLY)
-            try:
-                os.write(fd, str(os.getpid()).encode())
-            finally:
-                os.close(fd)
-        for which, value in rlimits:
-            resource.setrlimit(which, value)
 
-    return apply
+def _argv(
+    mode: str, limits: SandboxLimits, workdir: str, cgroup: Path | None, nproc: int | None, fd: int
+) -> list[str]:
+    """The whole command line: outer prelude [-> bwrap -> inner prelude] -> the program."""
+    program = [_python(), "-I", "main.py"]
+    outer = {"cgroup": str(cgroup / "cgroup.procs") if cgroup else None}
+    outer["rlimits"] = _rlimits(limits, nproc)  # type: ignore[assignment]
+    if mode != "bwrap":
+        return _prelude(fd, {**outer, "started": True}, program)
+    inner = _prelude(fd, {"cgroup": None, "rlimits": [], "started": True}, program)
+    bwrap = _bwrap_argv(shutil.which("bwrap") or "bwrap", workdir, limits)
+    return _prelude(fd, {**outer, "started": False}, [*bwrap, *inner])
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -281,30 +319,45 @@ class _Outcome:
     timed_out: bool = False
     output_limited: bool = False
     cancelled: bool = False
+    status: bytes = b""  # what the preludes reported: b"R" started, b"E..." failed
+    deadline: float = 0.0  # the program's own wall-clock deadline, once it started
+
+    @property
+    def started(self) -> bool:
+        return self.status.startswith(b"R")
+
+    @property
+    def prelude_error(self) -> str | None:
+        at = self.status.find(b"E")
+        return self.status[at + 1 :].decode(errors="replace") if at >= 0 else None
 
 
 def _communicate(
     proc: subprocess.Popen[bytes],
     stdin: bytes,
     limits: SandboxLimits,
-    deadline: float,
+    status_fd: int,
     cancel: threading.Event | None,
 ) -> tuple[bytes, bytes, _Outcome]:
-    """Feed stdin and read stdout/stderr incrementally, up to the output cap and the deadline."""
+    """Feed stdin and read stdout/stderr incrementally, up to the output cap and the deadline.
+
+    The wall clock of `limits.timeout_s` starts when the program does (the status pipe says
+    so), so a slow sandbox start on a loaded machine never eats the program's time."""
     assert proc.stdout is not None and proc.stderr is not None
-    outcome = _Outcome()
+    outcome = _Outcome(deadline=time.monotonic() + _STARTUP_S)
     chunks: dict[int, list[bytes]] = {proc.stdout.fileno(): [], proc.stderr.fileno(): []}
     room = limits.output_bytes
     pending = memoryview(stdin)
     with selectors.DefaultSelector() as sel:
         for fd in chunks:
             sel.register(fd, selectors.EVENT_READ)
+        sel.register(status_fd, selectors.EVENT_READ)
         if proc.stdin is not None:
             writer = proc.stdin
             os.set_blocking(proc.stdin.fileno(), False)
             sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE)
         while sel.get_map():
-            remaining = deadline - time.monotonic()
+            remaining = outcome.deadline - time.monotonic()
             if remaining <= 0:
                 outcome.timed_out = True
                 break
@@ -313,6 +366,14 @@ def _communicate(
                 break
             for key, _ in sel.select(min(remaining, _POLL_S)):
                 fd = key.fd
+                if fd == status_fd:
+                    data = os.read(fd, 4096)
+                    if not data:
+                        sel.unregister(fd)
+                    elif not outcome.status and data.startswith(b"R"):
+                        outcome.deadline = time.monotonic() + limits.timeout_s
+                    outcome.status += data
+                    continue
                 if fd not in chunks:  # stdin
                     try:
                         pending = pending[os.write(fd, pending[:65536]) :]
@@ -352,8 +413,12 @@ def _wait_exited(pid: int, deadline: float, cancel: threading.Event | None) -> b
         time.sleep(0.005)
 
 
-def _classify(outcome: _Outcome, returncode: int | None, stderr: str, mode: str) -> str:
-    if outcome.timed_out or outcome.cancelled:
+def _classify(outcome: _Outcome, returncode: int | None, stderr: str) -> str:
+    if outcome.cancelled:
+        return "timeout"
+    if not outcome.started or outcome.prelude_error is not None:
+        return "sandbox_error"  # the program never ran: nothing of it to blame
+    if outcome.timed_out:
         return "timeout"
     if outcome.output_limited:
         return "output_limit"
@@ -363,8 +428,6 @@ def _classify(outcome: _Outcome, returncode: int | None, stderr: str, mode: str)
         return "sandbox_error"
     if returncode < 0:
         return "timeout" if returncode == -signal.SIGXCPU else "killed"
-    if mode == "bwrap" and returncode == 1 and stderr.startswith("bwrap:"):
-        return "sandbox_error"
     return "ok" if returncode == 0 else "error"
 
 
@@ -372,36 +435,36 @@ def _run(
     code: str, stdin: str, limits: SandboxLimits, cancel: threading.Event | None = None
 ) -> SandboxResult:
     start = time.monotonic()
-    deadline = start + limits.timeout_s
     mode = isolation()
     workdir = tempfile.mkdtemp(prefix="wfopt-sandbox-")
     cgroup = None
+    status_r = status_w = -1
     try:
         Path(workdir, "main.py").write_text(code, encoding="utf-8")
-        argv = [_python(), "-I", "main.py"]
-        if mode == "bwrap":
-            argv = [*_bwrap_argv(shutil.which("bwrap") or "bwrap", workdir, limits), *argv]
         cgroup = _make_cgroup(limits)
         nproc = None
         if cgroup is None and os.geteuid() != 0:
             nproc = _user_tasks(os.getuid()) + limits.max_processes
+        status_r, status_w = os.pipe()
         try:
             proc = subprocess.Popen(
-                argv,
+                _argv(mode, limits, workdir, cgroup, nproc, status_w),
                 stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=workdir,
                 env=_env(workdir),
-                start_new_session=True,
-                preexec_fn=_preexec(limits, cgroup, nproc),
+                start_new_session=True,  # no preexec_fn: safe from threads (see _PRELUDE)
+                pass_fds=(status_w,),
             )
         except (OSError, subprocess.SubprocessError) as exc:
             return SandboxResult("sandbox_error", "", str(exc), None, time.monotonic() - start)
+        finally:
+            os.close(status_w)
         try:
-            out, err, outcome = _communicate(proc, stdin.encode(), limits, deadline, cancel)
+            out, err, outcome = _communicate(proc, stdin.encode(), limits, status_r, cancel)
             if not (outcome.timed_out or outcome.output_limited or outcome.cancelled):
-                outcome.timed_out = not _wait_exited(proc.pid, deadline, cancel)
+                outcome.timed_out = not _wait_exited(proc.pid, outcome.deadline, cancel)
         finally:
             # The leader is unreaped (or being killed), so its pgid cannot have been reused.
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -415,12 +478,22 @@ def _run(
         if mode == "bwrap" and 128 < returncode < 128 + signal.NSIG:
             returncode = 128 - returncode  # bwrap reports "killed by N" as exit 128+N
         stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
-        status = _classify(outcome, returncode, stderr, mode)
+        status = _classify(outcome, returncode, stderr)
+        if status == "sandbox_error":
+            reason = outcome.prelude_error or (
+                f"the program did not start within {_STARTUP_S:.0f}s"
+                if outcome.timed_out
+                else f"{mode} exited {returncode} before the program started"
+            )
+            stderr = f"{reason}\n{stderr}".strip()
         return SandboxResult(status, stdout, stderr, returncode, time.monotonic() - start)
     except Exception as exc:  # the sandbox machinery failed, not the child
         log.exception("sandbox run failed")
         return SandboxResult("sandbox_error", "", repr(exc), None, time.monotonic() - start)
     finally:
+        if status_r >= 0:
+            with contextlib.suppress(OSError):
+                os.close(status_r)
         _remove_cgroup(cgroup)
         _rmtree(workdir)
 

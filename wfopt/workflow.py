@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from wfopt.llm.base import LLMError
+from wfopt.errors import InfrastructureError
 
 ENTRY = "solve"
 
@@ -556,20 +556,22 @@ def build_solve(
 
 
 async def call_solve(solve: Callable[[str], Awaitable[Any]], problem: str, timeout_s: float) -> Any:
-    """Await `solve(problem)` under a wall-clock limit; map failures to WorkflowError.
+    """Await `solve(problem)` under a wall-clock limit; map the workflow's failures to
+    WorkflowError.
 
-    `LLMError` (the executor failed after its retries) propagates: scoring an outage as the
-    workflow's failure would poison results and trajectories with zeros.
+    `InfrastructureError` (the executor down after its retries, a cache or sandbox-runner
+    fault, a bug inside an operator: see `wfopt.operators`) propagates: scoring wfopt's own
+    fault as the workflow's failure would poison results and trajectories with zeros.
     """
     try:
         return await asyncio.wait_for(solve(problem), timeout=timeout_s)
     except asyncio.TimeoutError:
         raise WorkflowTimeout(f"workflow exceeded {timeout_s:.0f}s") from None
-    except (WorkflowError, LLMError):  # LLMError: the executor is down, not the workflow's fault
+    except (WorkflowError, InfrastructureError):
         raise
     except RecursionError:
         raise LimitExceeded("recursion limit") from None
     except MemoryError:
         raise LimitExceeded("out of memory") from None
-    except Exception as err:  # the workflow's own bug: a scored failure, not a crash
+    except Exception as err:  # raised by the workflow's own code: a scored failure, not a crash
         raise WorkflowError(f"{type(err).__name__}: {err}"[:500]) from None

@@ -16,9 +16,9 @@ ERROR_CATEGORIES = {
     "timeout": "code or math-verify over its time limit (dataset.score_timeout_s)",
     "memory": "code over the sandbox memory limit",
     "output_limit": "code that wrote more than the sandbox keeps",
-    "sandbox_error": "the sandbox itself failed: an infrastructure fault, not the prediction's",
-    "scorer_error": "a bug in the scorer (logged with its traceback); never the prediction's",
 }
+# A failing sandbox runner, scorer or scorer worker is never a category: it is a
+# wfopt.errors.InfrastructureError that stops the run (see wfopt/errors.py).
 
 
 class DatasetError(ValueError):

@@ -10,8 +10,8 @@ an RL reward and a policy learns whatever earns it:
   discarded (debug prints do not hit the output limit);
 * the harness reports which phase failed, which gives the error category: "syntax_error"
   (does not compile), "runtime_error" (raised or exited outside a failed assertion), "wrong"
-  (a test assertion failed); "timeout", "memory", "output_limit" and "sandbox_error" come from
-  the sandbox's status.
+  (a test assertion failed); "timeout", "memory" and "output_limit" come from the sandbox's
+  status. A failing sandbox runner ("sandbox_error") is a SandboxError, never a score.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import re
 import secrets
 
 from wfopt.datasets.base import DatasetError, Problem, Score
+from wfopt.errors import SandboxError
 
 _FENCE = re.compile(r"```[ \t]*[\w+-]*[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
@@ -131,6 +132,8 @@ async def score_code(problem: Problem, prediction: str, timeout_s: float) -> Sco
     token = secrets.token_hex(16)
     limits = SandboxLimits(timeout_s=timeout_s, cpu_s=max(1, math.ceil(timeout_s)))
     result = await arun_python(test_program(problem, prediction), stdin=token + "\n", limits=limits)
+    if result.status == "sandbox_error":  # the runner failed: the candidate never ran
+        raise SandboxError(f"scoring {problem.id}: the code sandbox failed: {result.stderr[:300]}")
     passed = result.status == "ok" and token in result.stdout.splitlines()
     if passed:
         return Score(1.0)

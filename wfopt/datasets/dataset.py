@@ -10,6 +10,7 @@ from wfopt.datasets.base import SPLITS, DatasetError, Problem, Score
 from wfopt.datasets.code import score_code
 from wfopt.datasets.mathverify import score_math
 from wfopt.datasets.scoring import exact_match, extract_number, format_number, numbers_equal
+from wfopt.errors import InfrastructureError, ScorerError
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,10 @@ class SplitDataset:
             if self.scorer == "exact":
                 return score_exact(problem.answer, prediction)
             return score_number(problem.answer, prediction)
-        except DatasetError:
+        except (DatasetError, InfrastructureError):
             raise
-        except Exception as err:  # a scorer bug must not take a whole evaluation down
-            log.exception("scoring %s failed", problem.id)
-            return Score(0.0, "scorer_error", f"{type(err).__name__}: {err}"[:300])
+        except Exception as err:  # a scorer bug is wfopt's fault: never a 0 for the answer
+            raise ScorerError(
+                f"scoring {problem.id} with the {self.scorer} scorer failed: "
+                f"{type(err).__name__}: {err}"[:800]
+            ) from err

@@ -6,9 +6,11 @@ in worker processes (`verify_worker.py`), one per thread of a small pool; a repl
 its deadline gets the worker killed (and replaced on the next request) and the score
 Score(0, "timeout"). A hung check therefore costs one killed process, never a stuck thread.
 
-When math-verify cannot run at all (not installed, the worker fails to start) or raises on an
-input, the score falls back to comparing the normalized boxed answer with the gold
-(`scoring.fallback_math_equal`), with the reason in `Score.detail`.
+When a worker cannot start (math-verify not installed, no answer at startup) that is a fault
+of wfopt's machinery, not the answer's: a `ScorerError` stops the run. When math-verify raises
+on an input, or its worker dies on it (the memory limit), the score falls back to comparing the
+normalized boxed answer with the gold (`scoring.fallback_math_equal`), with the reason in
+`Score.detail`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 
 from wfopt.datasets.base import Score
 from wfopt.datasets.scoring import fallback_math_equal, last_boxed
+from wfopt.errors import ScorerError
 
 STARTUP_TIMEOUT_S = 60.0  # importing sympy + math-verify, on a busy machine
 WORKER_MEMORY_MB = 4096  # RLIMIT_AS of a worker: a runaway computation fails instead of swapping
@@ -150,8 +153,11 @@ class MathVerifier:
     def verify(self, gold: str, prediction: str, timeout_s: float) -> Verdict:
         """Blocking check, at most `timeout_s` once a worker is ready."""
         worker = self._worker()
-        if isinstance(worker, str):
-            return Verdict("unavailable", detail=worker)
+        if isinstance(worker, str):  # infrastructure: never a score
+            raise ScorerError(
+                f"{worker} (command: {' '.join(self.command)}). Reinstall wfopt's dependencies "
+                "(math-verify) into this environment."
+            )
         inner = max(1, math.floor(timeout_s / 2))  # math-verify's own per-step limit
         request = {"gold": gold, "prediction": prediction[-MAX_PREDICTION_CHARS:], "timeout": inner}
         try:

@@ -7,7 +7,8 @@ Layout of `<run_dir>/checkpoints/step-000042/`:
     state.json          the same position in readable form, and the LoRA flag
 
 `<run_dir>/checkpoints/latest` names the newest one. A reader never sees a half-written
-checkpoint: everything is written under `.tmp-*` and appears with one `os.replace`.
+checkpoint: everything is written under `.tmp-*` and appears with one `os.replace`. A checkpoint
+damaged anyway (copied in part, a bad disk) is a `CheckpointError` naming the file.
 """
 
 from __future__ import annotations
@@ -22,8 +23,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from wfopt.errors import CheckpointError
+
 STATE_FILE = "trainer_state.pt"
 LATEST = "latest"
+
+
+def checkpoint_error(file: Path, err: BaseException) -> CheckpointError:
+    """`file` of a checkpoint could not be read: which, why, and what to do."""
+    return CheckpointError(
+        f"{file} is unreadable ({type(err).__name__}: {str(err)[:300]}): the checkpoint is "
+        f"truncated or corrupt. Use another checkpoint (a step-* directory next to it), or "
+        f"train it again."
+    )
 
 
 def _make_serializable(model: nn.Module) -> None:
@@ -107,7 +119,10 @@ def load_full_weights(model: nn.Module, directory: Path) -> None:
 
     state: dict[str, torch.Tensor] = {}
     for file in sorted(Path(directory).glob("*.safetensors")):
-        state.update(load_file(str(file)))
+        try:
+            state.update(load_file(str(file)))
+        except Exception as err:  # safetensors raises its own error type for a bad header
+            raise checkpoint_error(file, err) from None
     if not state:
         raise ValueError(f"no weights (*.safetensors) in {directory}")
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -139,9 +154,31 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
     # our own file; it holds RNG states (numpy arrays, tuples), so not weights_only
-    return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
+    except Exception as err:  # EOFError, UnpicklingError, RuntimeError (zip archive), ...
+        raise checkpoint_error(checkpoint / STATE_FILE, err) from None
 
 
 def read_summary(checkpoint: Path) -> dict[str, Any]:
     file = checkpoint / "state.json"
-    return json.loads(file.read_text()) if file.is_file() else {}
+    if not file.is_file():
+        return {}
+    try:
+        summary = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise checkpoint_error(file, err) from None
+    if not isinstance(summary, dict):
+        raise checkpoint_error(file, ValueError("not a JSON object"))
+    return summary
+
+
+def load_adapter(model: nn.Module, checkpoint: Path, **kwargs: Any) -> Any:
+    """The PEFT adapter of `checkpoint` on `model`; CheckpointError naming it when unreadable."""
+    from peft import PeftModel
+
+    where = checkpoint / "model"
+    try:
+        return PeftModel.from_pretrained(model, str(where), **kwargs)
+    except Exception as err:  # a truncated adapter file, a bad adapter_config.json
+        raise checkpoint_error(where, err) from None

@@ -41,6 +41,7 @@ from torch import nn
 
 from wfopt.grpo.checkpoint import (
     checkpoint_path,
+    load_adapter,
     load_full_weights,
     load_trainer_state,
     read_summary,
@@ -155,13 +156,13 @@ def build_policy(
     ref_model = None
     if lora.enabled:
         try:
-            from peft import LoraConfig, PeftModel, get_peft_model
+            from peft import LoraConfig, get_peft_model
         except ImportError:
             raise TrainingError("model.lora.enabled=true needs `peft`") from None
 
         model.requires_grad_(False)
         if checkpoint is not None:
-            model = PeftModel.from_pretrained(model, str(checkpoint / "model"), is_trainable=True)
+            model = load_adapter(model, checkpoint, is_trainable=True)
         else:
             peft_config = LoraConfig(
                 r=lora.r,

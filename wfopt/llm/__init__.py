@@ -22,6 +22,7 @@ __all__ = [
     "Message",
     "SamplingParams",
     "build_executor",
+    "executor_metrics",
     "sampling_params",
 ]
 
@@ -42,6 +43,15 @@ def openai_identity(executor_cfg: ExecutorConfig) -> dict:
     return {"backend": "openai", "base_url": base_url, "model": executor_cfg.model}
 
 
+def executor_metrics(llm: LLM) -> dict[str, int]:
+    """`executor/requests` and `executor/retries` of a backend that counts them (openai; also
+    behind the cache, which passes attributes through), else nothing."""
+    requests, retries = getattr(llm, "requests", None), getattr(llm, "retries", None)
+    if not isinstance(requests, int) or not isinstance(retries, int):
+        return {}
+    return {"executor/requests": requests, "executor/retries": retries}
+
+
 def build_executor(
     model_cfg: ModelConfig,
     executor_cfg: ExecutorConfig,
@@ -57,6 +67,8 @@ def build_executor(
     OpenAI-compatible server.
     """
     backend = executor_cfg.backend  # a Backend choice: the schema rejects anything else
+    if executor_cfg.cache:  # a broken cache file fails now, before a model is loaded
+        CachedLLM.check(executor_cfg.cache_path)
     llm: LLM
     if backend == "openai":
         from wfopt.llm.openai_backend import OpenAILLM

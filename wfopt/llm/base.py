@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
 
+from wfopt.errors import InfrastructureError
+
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 
 
@@ -38,8 +40,10 @@ class Completion:
     stopped: bool | None = None  # True: ended on a stop token; False: cut at max_new_tokens
 
 
-class LLMError(RuntimeError):
+class LLMError(InfrastructureError):
     """A backend failed after its retries (server down, bad response, ...)."""
+
+    what = "the executor failed"
 
 
 @runtime_checkable

@@ -6,12 +6,18 @@ identity is the backend's `cache_identity` (which weights, dtype, prompt renderi
 server its URL and served model name), else its `name` (a policy checkpoint: name@id). Identical
 requests in flight at the same time are generated once and shared. One connection in WAL
 mode serves all coroutines of the process (sqlite calls are sub-millisecond, so they run on
-the event loop); other processes may read and write the same file concurrently.
+the event loop); other processes may read and write the same file concurrently (a sweep, two
+runs side by side): writers wait for each other (busy timeout) instead of failing.
+
+A cache file that cannot be opened, read or written (corrupt, unreadable, disk full) is a
+`CacheError` naming the file and the ways out; it is never moved aside or rebuilt silently, and
+never surfaces as a workflow's failure.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -20,7 +26,22 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from wfopt.errors import CacheError
 from wfopt.llm.base import LLM, Completion, Message, SamplingParams
+
+BUSY_TIMEOUT_S = 120.0  # how long a writer waits for another process's transaction
+
+
+def cache_error(path: Path, action: str, err: BaseException) -> CacheError:
+    """What went wrong with the cache file `path`, and the ways out."""
+    if action == "write it":  # disk full, read-only: the file itself may be fine
+        fix = "Free space on its filesystem (or make it writable)"
+    else:  # corrupt or unreadable
+        fix = "Delete the file (its responses are regenerated)"
+    return CacheError(
+        f"response cache {path}: cannot {action}: {type(err).__name__}: {err}. {fix}, or "
+        f"point executor.cache_path elsewhere (executor.cache=false runs without a cache)."
+    )
 
 
 def cache_key(
@@ -32,23 +53,44 @@ def cache_key(
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+class _NoBackend:
+    name = "none"
+
+
 class CachedLLM:
     """Wraps `inner`; serves repeats of a request from the sqlite file `path` (created)."""
 
     def __init__(self, inner: LLM, path: str | Path) -> None:
         self.inner = inner
         self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-        )
-        self._db.commit()
+        self._db: sqlite3.Connection | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            self._db.commit()
+            self._db.execute("SELECT key FROM responses LIMIT 1").fetchall()  # readable at all?
+        except (OSError, sqlite3.Error) as err:
+            if self._db is not None:
+                self._db.close()
+            raise cache_error(self.path, "open it", err) from err
         # key -> future of the one generation in flight (None result: it failed, retry)
         self._in_flight: dict[str, asyncio.Future[Completion | None]] = {}
         self.hits = 0
         self.misses = 0
+
+    @staticmethod
+    def check(path: str | Path) -> None:
+        """Open and close the cache at `path`: a CacheError now if it is unusable."""
+        CachedLLM(_NoBackend(), path)._close_db()
+
+    def _close_db(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     def __getattr__(self, name: str):
         """Expose the inner backend's extras (e.g. `LocalLLM.tokenizer`)."""
@@ -67,13 +109,23 @@ class CachedLLM:
         return getattr(self.inner, "cache_identity", None) or self.inner.name
 
     def _get(self, key: str) -> Completion | None:
-        row = self._db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
-        return Completion(**json.loads(row[0])) if row else None
+        assert self._db is not None
+        try:
+            row = self._db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
+            return Completion(**json.loads(row[0])) if row else None
+        except (sqlite3.Error, ValueError, TypeError) as err:  # a corrupt page or row
+            raise cache_error(self.path, "read it", err) from err
 
     def _put(self, key: str, completion: Completion) -> None:
+        assert self._db is not None
         value = json.dumps(dataclasses.asdict(dataclasses.replace(completion, cached=False)))
-        self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?)", (key, value))
-        self._db.commit()
+        try:
+            self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?)", (key, value))
+            self._db.commit()
+        except sqlite3.Error as err:  # disk full, read-only, corrupt
+            with contextlib.suppress(sqlite3.Error):
+                self._db.rollback()
+            raise cache_error(self.path, "write it", err) from err
 
     async def complete(
         self, messages: list[Message], params: SamplingParams, sample_index: int = 0
@@ -130,4 +182,4 @@ class CachedLLM:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
-        self._db.close()
+        self._close_db()

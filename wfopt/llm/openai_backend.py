@@ -2,14 +2,17 @@
 
 Uses the official `openai` async client with its own retries switched off: we retry here,
 with exponential backoff and jitter, on exactly the transient failures (connection errors,
-timeouts, 408/409/429 and 5xx; a server's `Retry-After` wins when it is sane), so the policy
-is visible, configurable (tests use millisecond backoff) and reports the attempts made.
+timeouts, 408/409/429 and 5xx; a server's `Retry-After` wins when it is sane; a malformed
+response: JSON that does not parse or lacks the completion), so the policy is visible,
+configurable (`executor.retry_backoff_s`) and counted (`requests`, `retries`: logged as
+`executor/requests`, `executor/retries`).
 Concurrency is bounded by a semaphore; token usage comes from the response.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import time
@@ -36,6 +39,23 @@ def _retry_after(headers: Any) -> float | None:
         if 0 <= value <= MAX_RETRY_AFTER_S:
             return value
     return None
+
+
+class _Malformed(ValueError):
+    """A response that parsed but is not a chat completion."""
+
+
+def _completion_of(response: Any) -> tuple[str, tuple[int, int] | None]:
+    """(text, (prompt, completion tokens) or None) of a response; _Malformed if it has none."""
+    try:
+        text = response.choices[0].message.content or ""
+        usage = response.usage
+        tokens = None if usage is None else (int(usage.prompt_tokens), int(usage.completion_tokens))
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as err:
+        raise _Malformed(f"not a chat completion ({type(err).__name__}: {err})"[:300]) from None
+    if not isinstance(text, str):
+        raise _Malformed(f"message content is {type(text).__name__}, not text")
+    return text, tokens
 
 
 class OpenAILLM:
@@ -65,6 +85,8 @@ class OpenAILLM:
         self.max_backoff_s = float(max_backoff_s)
         self.prices = (price_prompt_per_m, price_completion_per_m)
         self.attempts = 0  # HTTP requests sent, retries included
+        self.requests = 0  # completions asked for
+        self.retries = 0  # attempts repeated after a transient failure
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
         self._semaphore: asyncio.Semaphore | None = None
@@ -80,6 +102,7 @@ class OpenAILLM:
             max_concurrency=cfg.max_concurrency,
             max_retries=cfg.max_retries,
             timeout_s=cfg.timeout_s,
+            backoff_s=cfg.retry_backoff_s,
             price_prompt_per_m=cfg.price_prompt_per_m,
             price_completion_per_m=cfg.price_completion_per_m,
         )
@@ -116,16 +139,18 @@ class OpenAILLM:
 
     async def _create(
         self, client: Any, messages: list[Message], params: SamplingParams, sample_index: int
-    ) -> Any:
-        """One chat completion, retried on transient failures; LLMError after the last."""
+    ) -> tuple[str, Any]:
+        """(text, usage) of one chat completion, retried on transient failures; LLMError after
+        the last."""
         import openai
 
         where = f"{self.name} at {self.base_url or 'api.openai.com'}"
         for attempt in range(self.max_retries + 1):
             last = attempt == self.max_retries
             self.attempts += 1
+            self.retries += attempt > 0
             try:
-                return await client.chat.completions.create(
+                response = await client.chat.completions.create(
                     model=self.name,
                     messages=messages,
                     temperature=params.temperature,
@@ -133,6 +158,7 @@ class OpenAILLM:
                     max_tokens=params.max_new_tokens,
                     seed=params.seed + sample_index,  # distinct, reproducible samples (vLLM)
                 )
+                return _completion_of(response)
             except openai.APIStatusError as err:
                 status = err.status_code
                 if last or not (status in RETRY_STATUS or status >= 500):
@@ -148,6 +174,12 @@ class OpenAILLM:
                         f"{err.__cause__ or err}"
                     ) from err
                 await asyncio.sleep(self._backoff(attempt))
+            except (json.JSONDecodeError, openai.APIResponseValidationError, _Malformed) as err:
+                if last:
+                    raise LLMError(
+                        f"{where}: malformed response after {attempt + 1} attempt(s): {err}"
+                    ) from err
+                await asyncio.sleep(self._backoff(attempt))
         raise AssertionError("unreachable")
 
     async def complete(
@@ -155,17 +187,14 @@ class OpenAILLM:
     ) -> Completion:
         start = time.perf_counter()
         client, semaphore = self._session()
+        self.requests += 1
         async with semaphore:
-            response = await self._create(client, messages, params, sample_index)
-        if not response.choices:
-            raise LLMError(f"{self.name} at {self.base_url}: response without choices")
-        text = response.choices[0].message.content or ""
-        usage = response.usage
+            text, usage = await self._create(client, messages, params, sample_index)
         if usage is None:  # some servers omit usage: tokens and cost unknown
             prompt_tokens = completion_tokens = 0
             cost = None
         else:
-            prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
+            prompt_tokens, completion_tokens = usage
             cost = self.cost(prompt_tokens, completion_tokens)
         return Completion(
             text=text,

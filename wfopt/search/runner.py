@@ -25,8 +25,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from wfopt.errors import InfrastructureError
 from wfopt.evaluate import progress_bar, wilson_interval
-from wfopt.llm.base import LLMError, SamplingParams
+from wfopt.llm.base import SamplingParams
+from wfopt.runtime import check_writable, run_dir_error, write_atomic
 from wfopt.search.mcts import (
     PolicyProposer,
     SearchStats,
@@ -367,11 +369,15 @@ async def search_problems(
         record = trajectory_record(
             problem, search, dataset_name, split, keep_invalid=m.keep_invalid_samples
         )
-        out.write(json.dumps(record) + "\n")
-        out.flush()
+        try:  # a partial last line is dropped on resume (finished_problem_ids)
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+        except OSError as err:
+            raise run_dir_error(out_path, err) from err
         if trees_dir is not None:
-            (trees_dir / f"{safe_name(problem.id)}.json").write_text(
-                json.dumps(search.tree.to_json(), indent=1)
+            write_atomic(
+                trees_dir / f"{safe_name(problem.id)}.json",
+                json.dumps(search.tree.to_json(), indent=1),
             )
         report.add(search)
         report.wall_time_s = time.perf_counter() - start
@@ -452,7 +458,7 @@ def run(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     from wfopt.datasets import DatasetError, load_dataset
-    from wfopt.llm import sampling_params
+    from wfopt.llm import executor_metrics, sampling_params
     from wfopt.runtime import setup_runtime
     from wfopt.tracking import Tracker
 
@@ -460,8 +466,9 @@ def run(cfg: DictConfig) -> float:
     try:
         check_mcts_config(cfg.mcts)
         run_dir = resolve_resume(cfg.resume, Path(HydraConfig.get().runtime.output_dir))
+        check_writable(run_dir)
         dataset = load_dataset(cfg.dataset)
-    except (SearchError, DatasetError, FileNotFoundError, KeyError) as err:
+    except (SearchError, DatasetError, InfrastructureError, FileNotFoundError, KeyError) as err:
         raise SystemExit(f"wfopt search: {err}") from None
     tracker = Tracker(
         run_dir, cfg.tracking, OmegaConf.to_container(cfg, resolve=True), job_type="search"
@@ -470,7 +477,13 @@ def run(cfg: DictConfig) -> float:
     executor, proposer = build_search_llms(cfg)
 
     if cfg.mcts.scope == "dataset":
-        return _run_dataset_scope(cfg, run_dir, dataset, executor, params, proposer, tracker)
+        try:
+            return _run_dataset_scope(cfg, run_dir, dataset, executor, params, proposer, tracker)
+        except InfrastructureError as err:
+            tracker.finish()
+            raise SystemExit(
+                f"wfopt search: {err.describe()}\nNothing was written; run it again."
+            ) from None
 
     out_path = run_dir / TRAJECTORIES
     try:
@@ -515,14 +528,14 @@ def run(cfg: DictConfig) -> float:
 
     try:
         report = asyncio.run(main())
-    except LLMError as err:
+        metrics = {**report.metrics(), **executor_metrics(executor)}
+        write_atomic(run_dir / "search_summary.json", json.dumps(metrics, indent=2))
+    except InfrastructureError as err:  # wfopt's fault, not a workflow's: no reward recorded
         tracker.finish()
         raise SystemExit(
-            f"wfopt search: the executor failed: {err}\nFinished problems are kept in "
+            f"wfopt search: {err.describe()}\nFinished problems are kept in "
             f"{out_path}; continue with resume={run_dir}"
         ) from None
-    metrics = report.metrics()
-    (run_dir / "search_summary.json").write_text(json.dumps(metrics, indent=2))
     tracker.summary(metrics)
     tracker.finish()
     report.print(f"search on {cfg.dataset.name}/{split}")
@@ -568,8 +581,8 @@ def _run_dataset_scope(
     tree = asyncio.run(main())
     wall = time.perf_counter() - start
     best = tree.best()
-    (run_dir / "best_workflow.py").write_text(best.source.rstrip() + "\n")
-    (run_dir / "tree.json").write_text(json.dumps(tree.to_json(), indent=1))
+    write_atomic(run_dir / "best_workflow.py", best.source.rstrip() + "\n")
+    write_atomic(run_dir / "tree.json", json.dumps(tree.to_json(), indent=1))
     n = len(problems)
     low, high = wilson_interval(best.score * n, n)
     seed_low, seed_high = wilson_interval(tree.root.score * n, n)
@@ -590,7 +603,7 @@ def _run_dataset_scope(
         tracker.log(
             {"search/node_reward": node.reward, "search/node_depth": node.depth}, step=node.id
         )
-    (run_dir / "search_summary.json").write_text(json.dumps(metrics, indent=2))
+    write_atomic(run_dir / "search_summary.json", json.dumps(metrics, indent=2))
     tracker.summary(metrics)
     tracker.finish()
 
