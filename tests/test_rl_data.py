@@ -18,12 +18,19 @@ from omegaconf import OmegaConf
 
 from wfopt.baselines import load_baseline
 from wfopt.config import MCTSConfig
+from wfopt.datasets import Problem
 from wfopt.evaluate import Record
 from wfopt.grpo.data import TrajectoryDataset, collate_samples, read_trajectories
 from wfopt.grpo.losses import policy_loss
 from wfopt.grpo.trainer import frac_zero_std_groups
 from wfopt.llm.base import SamplingParams
-from wfopt.policy import RESPONSE_PREFIX, encode_response, sample_workflows
+from wfopt.policy import (
+    RESPONSE_PREFIX,
+    build_policy_prompt,
+    encode_prompt,
+    encode_response,
+    sample_workflows,
+)
 from wfopt.search.mcts import Evaluation, PolicyProposer, TreeSearch
 from wfopt.search.runner import trajectory_record
 from wfopt.trajectory import Trajectory
@@ -115,7 +122,7 @@ def test_search_expansions_train_under_their_own_prompt(embedded_llm):
         rng=random.Random(0),
     )
     asyncio.run(search.run(load_baseline("io"), policy_samples=2))
-    problem = type("P", (), {"question": PROBLEM, "id": "p0"})()
+    problem = Problem(id="p0", question=PROBLEM, answer="19", kind="math")
     record = trajectory_record(problem, search, "arithmetic", "train")
     trajectory = read_trajectory_line(record)
     tokenizer = embedded_llm.tokenizer
@@ -252,3 +259,26 @@ def test_old_trajectory_files_still_train(tmp_path, embedded_llm):
     dataset = _dataset([trajectory], embedded_llm.tokenizer)
     assert [s["source"] for s in dataset.samples] == ["seed", "policy_sample"]
     assert all(s["off_policy"] for s in dataset.samples)
+
+
+def test_code_tasks_show_code_operators_in_sampling_and_training(embedded_llm):
+    """One builder for both: a code problem's prompt lists code_generate, test and the
+    entry_point global, whether the policy samples from it or a tree workflow trains on it."""
+    tokenizer = embedded_llm.tokenizer
+    task = 'def add(a, b):\n    """Return a + b."""\n'
+    (sample,) = asyncio.run(
+        sample_workflows(embedded_llm, task, SamplingParams(0.0, 1.0, 4), 1, kind="code")
+    )
+    sampled_prompt = tokenizer.decode(sample.prompt_ids)
+    assert "code_generate" in sampled_prompt and "entry_point" in sampled_prompt
+    math_prompt = build_policy_prompt(task, tokenizer)
+    assert "code_generate" not in math_prompt and "programmer" in math_prompt
+    seed = "async def solve(problem):\n    return await code_generate(problem, entry_point)\n"
+    trajectory = Trajectory(task, "c0", [seed, seed + "\n"], [1.0, 0.0], extra={"kind": "code"})
+    (trained, _) = _dataset([trajectory], tokenizer).samples
+    prompt_len = int((trained["response_mask"] == 0).sum())
+    # the off-policy seed trains under exactly the prompt the policy samples code tasks from
+    assert trained["input_ids"][:prompt_len].tolist() == sample.prompt_ids
+    assert sample.prompt_ids == encode_prompt(
+        build_policy_prompt(task, tokenizer, kind="code"), tokenizer
+    )

@@ -193,7 +193,9 @@ async def evaluate_policy(
 
     async def one(problem: Any) -> list[Record]:
         async with semaphore:
-            written = await sample_workflows(policy, problem.question, policy_params, samples)
+            written = await sample_workflows(
+                policy, problem.question, policy_params, samples, kind=problem.kind
+            )
             sources = [sample.code for sample in written]
             records = await asyncio.gather(
                 *(

@@ -299,7 +299,7 @@ class Loop:
         cfg = OmegaConf.merge(self.cfg, {"mcts": {"policy_samples": lp.policy_samples}})
         proposer = None
         if cfg.mcts.proposer == "policy":
-            proposer = policy_proposer(cfg, self.policy, self.executor)
+            proposer = policy_proposer(cfg, self.policy, self.executor, self.dataset.kind)
         report = await search_problems(
             todo,
             dataset=self.dataset,

@@ -40,6 +40,22 @@ OPERATOR_DOCS = (
     "ensemble(problem, candidates) -> majority answer; review(problem, solution) -> feedback; "
     "revise(problem, solution, feedback) -> solution; format_answer(problem, solution) -> answer."
 )
+# code tasks (HumanEval, MBPP): the answer is a function's source; `entry_point` is a global
+# holding the function's name
+CODE_OPERATOR_DOCS = (
+    "Write one Python function `async def solve(problem)` that awaits these operators "
+    "and returns the source code of the function named by the global `entry_point`:\n"
+    "code_generate(problem, entry_point, instruction='') -> code; "
+    "test(problem, solution, entry_point) -> 'PASS' or 'FAIL: ...' on the public examples; "
+    "generate(problem, instruction) -> text; review(problem, solution) -> feedback; "
+    "revise(problem, solution, feedback) -> solution; format_answer(problem, solution) -> answer; "
+    "ensemble(problem, candidates) -> majority answer."
+)
+
+
+def operator_docs(kind: str = "math") -> str:
+    """The operator list the policy is shown for a problem of `kind` (`Problem.kind`)."""
+    return CODE_OPERATOR_DOCS if kind == "code" else OPERATOR_DOCS
 
 
 def uses_chat_template(tokenizer: Any | None) -> bool:
@@ -67,19 +83,21 @@ def _user_text(problem: str, parent: Parent | None) -> str:
 
 
 def build_policy_prompt(
-    problem: str, tokenizer: Any | None = None, parent: Parent | None = None
+    problem: str, tokenizer: Any | None = None, parent: Parent | None = None, kind: str = "math"
 ) -> str:
     """The text the policy continues with a workflow for `problem`.
 
-    With a chat-template tokenizer: system = operator docs, user = the seed prompt, assistant
-    turn opened. Otherwise: the seed prompt plus a newline. Both end with `RESPONSE_PREFIX`. Pass `tokenizer=None` to force the
-    plain form (`model.chat_template=false`). `parent`: a search expansion's prompt.
+    With a chat-template tokenizer: system = the operator docs of the problem's `kind` (code
+    tasks list `code_generate`, `test` and the `entry_point` global), user = the seed prompt,
+    assistant turn opened. Otherwise: the seed prompt plus a newline. Both end with
+    `RESPONSE_PREFIX`. Pass `tokenizer=None` to force the plain form
+    (`model.chat_template=false`). `parent`: a search expansion's prompt.
     """
     text = _user_text(problem, parent)
     if not uses_chat_template(tokenizer):
         return text + "\n" + RESPONSE_PREFIX
     messages = [
-        {"role": "system", "content": OPERATOR_DOCS},
+        {"role": "system", "content": operator_docs(kind)},
         {"role": "user", "content": text},
     ]
     chat = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -238,21 +256,26 @@ class PolicySample:
 
 
 async def sample_policy(
-    llm: Any, problem: str, params: Any, sample_index: int, parent: Parent | None = None
+    llm: Any,
+    problem: str,
+    params: Any,
+    sample_index: int,
+    parent: Parent | None = None,
+    kind: str = "math",
 ) -> PolicySample:
-    """One workflow from the policy for `problem` (the training prompt, or a search
+    """One workflow from the policy for `problem` of `kind` (the training prompt, or a search
     expansion's prompt when `parent` is given); not validated.
 
     `llm` offers `complete_text` (a `LocalLLM`, possibly behind the response cache); its
     tokenizer's chat template is used when the backend uses one.
     """
     tokenizer = llm.tokenizer if getattr(llm, "chat_template", False) else None
-    prompt = build_policy_prompt(problem, tokenizer, parent)
+    prompt = build_policy_prompt(problem, tokenizer, parent, kind)
     return PolicySample.from_completion(await llm.complete_text(prompt, params, sample_index))
 
 
 async def sample_workflows(
-    llm: Any, problem: str, params: Any, n: int = 1, first_index: int = 0
+    llm: Any, problem: str, params: Any, n: int = 1, first_index: int = 0, kind: str = "math"
 ) -> list[PolicySample]:
     """`n` workflows the policy writes for `problem` from the training prompt, sampled
     together (they batch)."""
@@ -260,6 +283,6 @@ async def sample_workflows(
 
     return list(
         await asyncio.gather(
-            *(sample_policy(llm, problem, params, first_index + i) for i in range(n))
+            *(sample_policy(llm, problem, params, first_index + i, None, kind) for i in range(n))
         )
     )

@@ -10,7 +10,7 @@ A file is JSONL, one problem per line. Per-workflow fields are parallel lists:
      "completion_ids": [[int, ...] | null, ...],  # the exact completion ids (stop token
      "stopped": [bool | null, ...],               # included when it emitted one)
      "scores", "costs", "tokens", "hashes", "parents": [...],        # reports only
-     "dataset": str, "split": str}
+     "dataset": str, "split": str, "kind": "math" | "code"}   # kind: the prompt's operators
 
 Only the first four are required, so hand-made files (`wfopt train trajectories=...`) stay
 easy to write; a workflow without ids is trained as off-policy data (grpo/data.py).

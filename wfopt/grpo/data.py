@@ -155,7 +155,9 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             response = list(completion_ids)  # type: ignore[arg-type]
             prompt = list(prompt_ids)  # type: ignore[arg-type]
         else:
-            text = build_policy_prompt(traj.problem, self.tokenizer if self.chat_template else None)
+            tokenizer = self.tokenizer if self.chat_template else None
+            kind = traj.extra.get("kind", "math")  # the operators the policy was shown
+            text = build_policy_prompt(traj.problem, tokenizer, kind=kind)
             prompt = encode_prompt(text, self.tokenizer)
             response = encode_response(traj.workflow_codes[i], self.tokenizer)
         room = min(self.max_length - len(prompt), self.response_cap)

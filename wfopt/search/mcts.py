@@ -160,12 +160,13 @@ class PolicyProposer:
     chat template is used when the backend uses one.
     """
 
-    def __init__(self, llm: Any, params: SamplingParams) -> None:
+    def __init__(self, llm: Any, params: SamplingParams, kind: str = "math") -> None:
         self.llm = llm
         self.params = params
+        self.kind = kind  # the problems' kind: which operators the prompt lists
 
     async def sample(self, task: str, parent: Parent | None, sample_index: int) -> PolicySample:
-        return await sample_policy(self.llm, task, self.params, sample_index, parent)
+        return await sample_policy(self.llm, task, self.params, sample_index, parent, self.kind)
 
 
 @dataclass

@@ -97,6 +97,7 @@ def trajectory_record(
             **{key: [evaluation[key] for *_, evaluation in rows] for key in report_only},
             "dataset": dataset,
             "split": split,
+            "kind": problem.kind,  # which operators the policy's prompt lists
         },
     ).to_json()
 
@@ -404,7 +405,9 @@ async def search_problems(
     return report
 
 
-def policy_proposer(cfg: DictConfig, policy: Any, executor: Any = None) -> PolicyProposer:
+def policy_proposer(
+    cfg: DictConfig, policy: Any, executor: Any = None, kind: str = "math"
+) -> PolicyProposer:
     """Proposals from the local `policy`, through the response cache when enabled (reusing the
     executor's cache when the executor is that very model)."""
     from wfopt.llm import CachedLLM
@@ -421,12 +424,15 @@ def policy_proposer(cfg: DictConfig, policy: Any, executor: Any = None) -> Polic
         max_new_tokens=int(cfg.mcts.proposal_max_tokens),
         seed=int(cfg.seed),
     )
-    return PolicyProposer(llm, params)
+    return PolicyProposer(llm, params, kind)
 
 
-def build_search_llms(cfg: DictConfig, policy: Any = None) -> tuple[Any, PolicyProposer | None]:
+def build_search_llms(
+    cfg: DictConfig, policy: Any = None, kind: str = "math"
+) -> tuple[Any, PolicyProposer | None]:
     """(executor, proposer): the executor per `executor.backend`, and the policy proposer when
-    `mcts.proposer=policy`. `policy`: an already loaded `LocalLLM` to reuse."""
+    `mcts.proposer=policy` (prompting with the operators of `kind` problems). `policy`: an
+    already loaded `LocalLLM` to reuse."""
     from wfopt.llm import build_executor
     from wfopt.llm.local import LocalLLM
 
@@ -436,7 +442,7 @@ def build_search_llms(cfg: DictConfig, policy: Any = None) -> tuple[Any, PolicyP
     executor = build_executor(cfg.model, cfg.executor, cfg.hardware, shared_local=policy)
     if cfg.mcts.proposer != "policy":
         return executor, None
-    return executor, policy_proposer(cfg, policy, executor)
+    return executor, policy_proposer(cfg, policy, executor, kind)
 
 
 def resolve_resume(resume: str | None, run_dir: Path) -> Path:
@@ -474,7 +480,7 @@ def run(cfg: DictConfig) -> float:
         run_dir, cfg.tracking, OmegaConf.to_container(cfg, resolve=True), job_type="search"
     )
     params = sampling_params(cfg.executor.sampling)
-    executor, proposer = build_search_llms(cfg)
+    executor, proposer = build_search_llms(cfg, kind=dataset.kind)
 
     if cfg.mcts.scope == "dataset":
         try:
