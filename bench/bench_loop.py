@@ -28,6 +28,7 @@ OVERRIDES = [
     "loop.problems_per_episode=10",
     "loop.val_problems=40",
     "loop.test_problems=200",
+    "loop.baselines=[io,io_vote,cot,cot_sc,programmer,self_refine]",
     "loop.policy_samples=6",
     "loop.replay_episodes=1",
     "mcts.iterations=2",

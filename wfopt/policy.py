@@ -196,7 +196,7 @@ def load_policy_llm(model_cfg: Any, hardware_cfg: Any, checkpoint: Any = None) -
     from pathlib import Path
 
     from wfopt.llm.local import LocalLLM
-    from wfopt.models import load_causal_lm, load_tokenizer
+    from wfopt.models import load_causal_lm, load_tokenizer, model_identity
 
     if checkpoint is None:
         return LocalLLM.from_config(model_cfg, hardware_cfg)
@@ -208,14 +208,21 @@ def load_policy_llm(model_cfg: Any, hardware_cfg: Any, checkpoint: Any = None) -
         model = load_adapter(model, checkpoint).merge_and_unload()
     else:
         load_full_weights(model, checkpoint / "model")
-    return LocalLLM(
+    checkpoint_id = f"{checkpoint.name}-{_checkpoint_id(checkpoint)}"
+    llm = LocalLLM(
         model.eval(),
         load_tokenizer(model_cfg),
-        f"{model_cfg.name}@{checkpoint.name}-{_checkpoint_id(checkpoint)}",
+        f"{model_cfg.name}@{checkpoint_id}",
         max_batch_size=model_cfg.max_batch_size,
         batch_wait_ms=model_cfg.batch_wait_ms,
         chat_template=model_cfg.chat_template,
     )
+    # the cache keys on the base model's identity (weights, dtype, template) plus the checkpoint
+    llm.cache_identity = {
+        **model_identity(model_cfg, model, llm.chat_template),
+        "checkpoint": checkpoint_id,
+    }
+    return llm
 
 
 def _checkpoint_id(checkpoint: Any) -> str:
