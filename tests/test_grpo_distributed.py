@@ -320,6 +320,9 @@ LORA_OVERRIDES = [
     "grpo.clip_eps_low=0.05",
     "grpo.clip_eps_high=0.05",
     "grpo.loss_agg=seq_mean_token_mean",
+    # hand-made workflows carry no sampled ids; trained as on-policy, so the ratio, its clip
+    # and the cached old log-probs (what sharding must preserve) all act
+    "grpo.off_policy=as_on_policy",
 ]
 
 

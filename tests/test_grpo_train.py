@@ -307,7 +307,14 @@ def test_lora_reference_and_cached_old_log_probs(policy):
     model = get_peft_model(
         model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.1)
     )
-    ds = TrajectoryDataset(trajectories(1, 1), tokenizer, max_length=1024, chat_template=False)
+    # hand-made workflows (no sampled ids) trained as on-policy: the clip acts on them
+    ds = TrajectoryDataset(
+        trajectories(1, 1),
+        tokenizer,
+        max_length=1024,
+        chat_template=False,
+        off_policy="as_on_policy",
+    )
     cfg = GRPOConfig(
         lr=1e-3,
         beta=0.1,
