@@ -13,6 +13,26 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 WFOPT = Path(sys.executable).with_name("wfopt")
 
+# the smallest loop that still does everything: 2 episodes x 2 problems, 2 validation and
+# 3 test problems, one baseline
+TINY_LOOP = [
+    "loop.episodes=2",
+    "loop.problems_per_episode=2",
+    "loop.val_problems=2",
+    "loop.test_problems=3",
+    "loop.baselines=[io]",
+    "loop.policy_samples=1",
+    "loop.policy_max_tokens=40",
+    "mcts.iterations=1",
+    "mcts.max_invalid_retries=0",
+    "mcts.proposal_max_tokens=40",
+    "executor.sampling.max_new_tokens=32",
+    "dataset.num_problems=60",
+    "grpo.max_steps=1",
+    "grpo.micro_batch_size=2",
+    "hardware.num_threads=1",
+]
+
 
 def pytest_configure(config):
     # W&B never goes online from tests; tests that check W&B ask for offline explicitly.
@@ -85,3 +105,45 @@ def dead_executor() -> list[str]:
         "executor.timeout_s=2",
         "executor.cache=false",
     ]
+
+
+@pytest.fixture(scope="session")
+def resumed_loop(tmp_path_factory) -> dict:
+    """One real TINY_LOOP run (W&B offline), SIGKILLed mid-episode once its first trajectory
+    is written, then resumed to the end: the loop tests check the resume, the report tests
+    the figures of the finished run (one run serves both)."""
+    import json
+    import signal
+    import time
+
+    from wfopt.loop import load_state
+
+    tmp = tmp_path_factory.mktemp("resumed-loop")
+    run, cache = tmp / "run", tmp / "responses.sqlite"
+    args = [*TINY_LOOP, f"executor.cache_path={cache}"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.Popen(
+        [str(WFOPT), "loop", *args, f"hydra.run.dir={run}"],
+        cwd=tmp,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    first_episode = run / "episodes" / "000" / "trajectories.jsonl"
+    deadline = time.monotonic() + 600
+    try:
+        while not (first_episode.is_file() and first_episode.read_text().count("\n") >= 1):
+            assert proc.poll() is None, "the loop ended before it could be killed"
+            assert time.monotonic() < deadline, "no trajectory written in time"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, mid-episode
+        proc.wait()
+    killed = load_state(run)
+    lines = [line for line in first_episode.read_text().splitlines() if line.strip()]
+    searched_before = {json.loads(line)["problem_id"] for line in lines}
+    result = run_cli("loop", *args, f"resume={run}", f"hydra.run.dir={tmp / 'resumed'}", cwd=tmp)
+    if result.returncode != 0:
+        pytest.fail(f"resumed loop failed:\n{result.stdout}\n{result.stderr}")
+    return {"run": run, "cache": cache, "killed": killed, "searched_before": searched_before}

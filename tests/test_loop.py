@@ -4,14 +4,11 @@ including a SIGKILL mid-episode and a resume, and an executor outage."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY_LOOP as TINY
 from omegaconf import OmegaConf
 
 from wfopt.loop import (
@@ -24,26 +21,6 @@ from wfopt.loop import (
 )
 
 WFOPT = Path(sys.executable).with_name("wfopt")
-
-# the smallest loop that still does everything: 2 episodes x 2 problems, 2 validation and
-# 3 test problems, one baseline
-TINY = [
-    "loop.episodes=2",
-    "loop.problems_per_episode=2",
-    "loop.val_problems=2",
-    "loop.test_problems=3",
-    "loop.baselines=[io]",
-    "loop.policy_samples=1",
-    "loop.policy_max_tokens=40",
-    "mcts.iterations=1",
-    "mcts.max_invalid_retries=0",
-    "mcts.proposal_max_tokens=40",
-    "executor.sampling.max_new_tokens=32",
-    "dataset.num_problems=60",
-    "grpo.max_steps=1",
-    "grpo.micro_batch_size=2",
-    "hardware.num_threads=1",
-]
 
 
 def test_state_is_saved_atomically_and_read_back(tmp_path):
@@ -124,34 +101,12 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_loop_killed_mid_episode_resumes_without_loss_or_duplicates(cli, tmp_path):
-    run = tmp_path / "run"
-    cache = tmp_path / "responses.sqlite"
-    args = [*TINY, f"executor.cache_path={cache}"]
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    proc = subprocess.Popen(
-        [str(WFOPT), "loop", *args, f"hydra.run.dir={run}"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+def test_loop_killed_mid_episode_resumes_without_loss_or_duplicates(resumed_loop, cli, tmp_path):
+    run, killed = resumed_loop["run"], resumed_loop["killed"]
+    cache = resumed_loop["cache"]
     first_episode = run / "episodes" / "000" / "trajectories.jsonl"
-    deadline = time.monotonic() + 600
-    try:
-        while not (first_episode.is_file() and first_episode.read_text().count("\n") >= 1):
-            assert proc.poll() is None, "the loop ended before it could be killed"
-            assert time.monotonic() < deadline, "no trajectory written in time"
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, mid-episode
-        proc.wait()
-    killed = load_state(run)
     assert killed["episode"] == 0 and killed["trained"] is None
-    searched_before = {r["problem_id"] for r in _lines(first_episode)}
-
-    cli("loop", *args, f"resume={run}", f"hydra.run.dir={tmp_path / 'resumed'}")
+    searched_before = resumed_loop["searched_before"]
     state = load_state(run)
     assert state["episode"] == 2 and state["trained"] is None
     assert state["wandb_run_id"] == killed["wandb_run_id"]  # the same W&B run, resumed

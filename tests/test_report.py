@@ -17,24 +17,6 @@ from conftest import run_cli
 
 from wfopt.report import ReportError, pareto_front, write_report
 
-TINY_LOOP = [
-    "loop.episodes=1",
-    "loop.problems_per_episode=2",
-    "loop.val_problems=2",
-    "loop.test_problems=2",
-    "loop.baselines=[io]",
-    "loop.policy_samples=1",
-    "loop.policy_max_tokens=40",
-    "mcts.iterations=1",
-    "mcts.max_invalid_retries=0",
-    "mcts.proposal_max_tokens=40",
-    "executor.sampling.max_new_tokens=32",
-    "dataset.num_problems=60",
-    "grpo.max_steps=1",
-    "grpo.micro_batch_size=2",
-    "hardware.num_threads=1",
-    "show_progress=false",
-]
 SMALL = ["dataset.num_problems=60", "executor.sampling.max_new_tokens=32", "show_progress=false"]
 
 
@@ -48,8 +30,6 @@ def _run(tmp: Path, *args: str) -> None:
 def runs(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("report-runs")
     cache = f"executor.cache_path={tmp / 'responses.sqlite'}"
-    # the loop with W&B offline: its report also goes to the W&B run
-    _run(tmp, "loop", *TINY_LOOP, cache, "tracking.mode=offline", f"hydra.run.dir={tmp / 'loop'}")
     _run(
         tmp,
         "evaluate",
@@ -75,7 +55,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         "tracking.wandb=false",
         f"hydra.run.dir={tmp / 'search'}",
     )
-    return {"loop": tmp / "loop", "sweep": tmp / "sweep", "search": tmp / "search"}
+    return {"sweep": tmp / "sweep", "search": tmp / "search"}
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -99,18 +79,20 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_loop_report_plots_results_json_and_the_training_curves(runs):
-    run = runs["loop"]
+def test_loop_report_plots_results_json_and_the_training_curves(resumed_loop):
+    # the session's real loop (killed once, resumed, W&B offline): its report also went to
+    # the W&B run
+    run = resumed_loop["run"]
     assert (run / "report.html").is_file()  # written by `wfopt loop` itself at the end
     figures = _figures(run)
     rows = json.loads((run / "results.json").read_text())
     policy = [r for r in rows if r["episode"] >= 0 and r["split"] == "validation"]
-    assert [r["episode"] for r in policy] == [0, 1]
+    assert [r["episode"] for r in policy] == [0, 1, 2]
 
     heldout = figures["report_loop_heldout.png"]
     acc = heldout["held-out accuracy"]
     assert acc["lines"]["policy accuracy"] == {
-        "x": [0.0, 1.0],
+        "x": [0.0, 1.0, 2.0],
         "y": [r["accuracy"] for r in policy],
     }
     band = acc["bands"]["accuracy 95% CI"]
@@ -253,7 +235,7 @@ def test_report_cli_names_a_directory_that_is_no_run(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_report_page_renders_in_headless_chromium(runs, tmp_path):
+def test_report_page_renders_in_headless_chromium(resumed_loop, tmp_path):
     """Slow (a browser start): the loop's page loads in Debian's `chromium` without errors and
     its screenshot shows the inlined figures (not a blank page). Install: apt-get install
     chromium."""
@@ -261,7 +243,7 @@ def test_report_page_renders_in_headless_chromium(runs, tmp_path):
     if browser is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     shot = tmp_path / "page.png"
-    page = runs["loop"] / "report.html"
+    page = resumed_loop["run"] / "report.html"
     done = subprocess.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
          "--window-size=1280,2400", f"--screenshot={shot}", "--enable-logging=stderr", "--v=0",

@@ -365,8 +365,13 @@ class Loop:
         (train_dir / "result.json").unlink(missing_ok=True)
         (train_dir / "metrics.jsonl").unlink(missing_ok=True)  # a crashed try's partial log
         config = OmegaConf.to_container(self.cfg, resolve=True)
-        for key in ("loop", "resume", "dry_run"):
-            config.pop(key, None)  # type: ignore[union-attr]
+        import dataclasses
+
+        from wfopt.config import TrainConfig
+
+        # the training job's config: the loop's own keys (loop, resume, report, ...) left out
+        train_keys = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume"}
+        config = {k: v for k, v in config.items() if k in train_keys}  # type: ignore[union-attr]
         config["tracking"]["wandb"] = False  # type: ignore[index]  # this process logs to W&B
         job = {
             "config": config,
