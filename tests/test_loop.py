@@ -57,9 +57,9 @@ def test_plan_counts_by_hand():
                 "test_problems": 20,
                 "eval_samples": 2,
                 "baselines": ["io"],
-                "policy_samples": 4,
             },
             "mcts": {
+                "policy_samples": 4,
                 "iterations": 6,
                 "max_invalid_retries": 2,
                 "rollouts": 2,

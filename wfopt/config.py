@@ -526,10 +526,9 @@ class LoopSettings:
         1, "workflows the policy writes per held-out problem (its score: their mean)"
     )
     eval_temperature: float = knob(0.0, "0 = greedy (with eval_samples=1)")
-    policy_samples: int = knob(
-        4, "the policy's own workflows per training problem (first children)"
-    )
     policy_max_tokens: int = knob(160, "longest workflow body the policy may write")
+    eval_max_operator_calls: int = knob(20, "held-out runs: operator calls per workflow run")
+    eval_timeout_s: float = knob(600.0, "held-out runs: seconds per workflow run")
     replay_episodes: int = knob(0, "also train on the trajectories of this many previous episodes")
     baselines: list[str] = knob(
         help="fixed reference workflows scored on the test problems (wfopt/baselines/<name>.py)",

@@ -5,7 +5,7 @@ then:
 
 1. search: the next `loop.problems_per_episode` training problems (a seeded order), one tree
    each, the current policy proposing children; the policy also writes
-   `loop.policy_samples` workflows per problem from the training prompt as the root's first
+   `mcts.policy_samples` workflows per problem from the training prompt as the root's first
    children (its invalid ones join the group at `mcts.invalid_reward`, -1 by default): the
    feedback loop;
 2. train: GRPO on this episode's trajectories (plus `loop.replay_episodes` earlier ones),
@@ -129,8 +129,8 @@ def plan(
 ) -> dict:
     """Budgets and upper bounds on LLM calls, from the config alone."""
     lp, m = cfg.loop, cfg.mcts
-    per_tree_evals = 1 + m.iterations + lp.policy_samples
-    per_tree_proposals = lp.policy_samples + m.iterations * (1 + m.max_invalid_retries)
+    per_tree_evals = 1 + m.iterations + m.policy_samples
+    per_tree_proposals = m.policy_samples + m.iterations * (1 + m.max_invalid_retries)
     problems = lp.episodes * lp.problems_per_episode
     runs = problems * per_tree_evals * m.rollouts
     evals = ((lp.episodes + 1) * lp.val_problems + 2 * lp.test_problems) * lp.eval_samples
@@ -243,8 +243,8 @@ class Loop:
             policy_params=policy_sampling(lp.eval_temperature, lp.policy_max_tokens, self.cfg.seed),
             executor_params=self.executor_params,
             samples=lp.eval_samples,
-            max_operator_calls=self.cfg.mcts.max_operator_calls,
-            timeout_s=self.cfg.mcts.timeout_s,
+            max_operator_calls=lp.eval_max_operator_calls,
+            timeout_s=lp.eval_timeout_s,
             show_progress=self.cfg.show_progress,
             description=f"{split}: {label}",
         )
@@ -255,6 +255,7 @@ class Loop:
     async def evaluate_baseline(self, name: str) -> dict[str, Any]:
         from wfopt.baselines import load_baseline
 
+        lp = self.cfg.loop
         start = time.perf_counter()
         problems = self.held_out["test"]
         records = await evaluate_problems(
@@ -263,8 +264,8 @@ class Loop:
             self.dataset,
             self.executor,
             self.executor_params,
-            max_operator_calls=self.cfg.mcts.max_operator_calls,
-            timeout_s=self.cfg.mcts.timeout_s,
+            max_operator_calls=lp.eval_max_operator_calls,
+            timeout_s=lp.eval_timeout_s,
             show_progress=self.cfg.show_progress,
             description=f"test: baseline {name}",
         )
@@ -296,7 +297,7 @@ class Loop:
             log.info(
                 "episode %d: %d problems already searched, %d to go", episode, len(done), len(todo)
             )
-        cfg = OmegaConf.merge(self.cfg, {"mcts": {"policy_samples": lp.policy_samples}})
+        cfg = self.cfg
         proposer = None
         if cfg.mcts.proposer == "policy":
             proposer = policy_proposer(cfg, self.policy, self.executor, self.dataset.kind)
@@ -644,11 +645,7 @@ def check_loop_config(cfg: DictConfig) -> None:
         for b in lp.baselines
         if b not in known
     ]
-    problems += [
-        f"loop.{k}={lp[k]} (must be >= 0)"
-        for k in ("policy_samples", "replay_episodes")
-        if lp[k] < 0
-    ]
+    problems += [f"loop.{k}={lp[k]} (must be >= 0)" for k in ("replay_episodes",) if lp[k] < 0]
     if problems:
         raise LoopError("invalid loop config: " + "; ".join(problems))
     check_mcts_config(cfg.mcts)
