@@ -138,6 +138,12 @@ def test_loop_killed_mid_episode_resumes_without_loss_or_duplicates(resumed_loop
     metrics = _lines(run / "metrics.jsonl")
     assert any("train/pg_loss" in m for m in metrics)
     assert any("eval/valid_rate" in m for m in metrics)
+    # test-phase metrics come after the last training step (W&B drops earlier steps)
+    train_steps = [m["step"] for m in metrics if "train/pg_loss" in m]
+    test_steps = [
+        m["step"] for m in metrics if "test_baseline/io/accuracy" in m or "test/accuracy" in m
+    ]
+    assert len(test_steps) == 3 and min(test_steps) >= max(train_steps)
 
     # the trained policy can be scored on its own
     result = cli(

@@ -462,3 +462,16 @@ def test_resume_names_the_run_to_continue(tmp_path):
         resolve_resume(str(earlier), here)
     (earlier / "trajectories.jsonl").write_text("")
     assert resolve_resume(str(earlier), here) == earlier
+
+
+def test_operator_free_policy_samples_are_invalid_not_scored():
+    constants = [
+        "async def solve(problem):\n    return 5\n",
+        "async def solve(p):\n    answer = 5\n",
+    ]
+    evaluator = CountingEvaluator(lambda wf: 1.0)
+    search = grow(ScriptedPolicy(constants), evaluator, iterations=1, policy_samples=2)
+    assert search.stats.invalid == search.stats.proposals == len(search.extra_samples)
+    record = trajectory_record(_problem(), search, "arithmetic", "train")
+    assert record["rewards"][len(search.tree) :] == [-1.0] * search.stats.invalid
+    assert all(not n.origin.startswith("policy") for n in search.tree.nodes)

@@ -205,3 +205,19 @@ def test_async_timeout_applies_to_awaiting_operators():
     with pytest.raises(WorkflowTimeout):
         asyncio.run(call_solve(solve, "p", 0.3))
     assert time.perf_counter() - start < 2
+
+
+def test_policy_written_workflows_must_call_an_operator_and_return():
+    """The reward hack `make run` showed (a trained policy writing `answer = 0`): code that
+    answers without any operator, or returns nothing, is no workflow when the policy wrote it."""
+    from wfopt.workflow import parse_policy_workflow
+
+    with pytest.raises(InvalidWorkflow, match="return"):
+        parse_policy_workflow("async def solve(problem):\n    answer = 0\n")
+    with pytest.raises(InvalidWorkflow, match="at least one operator"):
+        parse_policy_workflow("async def solve(problem):\n    return 11\n")
+    with pytest.raises(InvalidWorkflow, match="return"):
+        parse_policy_workflow("async def solve(problem):\n    x = await generate(problem)\n")
+    ok = parse_policy_workflow("async def solve(problem):\n    return await generate(problem)\n")
+    assert ok.hash == parse_workflow(ok.source).hash
+    parse_workflow("async def solve(problem):\n    return 11\n")  # the language allows it

@@ -517,8 +517,8 @@ class LoopSettings:
 
     episodes: int = knob(2, "search -> train -> evaluate rounds")
     problems_per_episode: int = knob(6, "training problems searched per episode (seeded order)")
-    val_problems: int = knob(20, "validation problems scored before any episode and after each")
-    test_problems: int = knob(40, "test problems scored once, at the end")
+    val_problems: int = knob(16, "validation problems scored before any episode and after each")
+    test_problems: int = knob(20, "test problems scored once, at the end")
     select: Select = knob(
         Select.best_val, "the episode reported on test: best_val (ties: the later) | last"
     )
@@ -532,7 +532,7 @@ class LoopSettings:
     replay_episodes: int = knob(0, "also train on the trajectories of this many previous episodes")
     baselines: list[str] = knob(
         help="fixed reference workflows scored on the test problems (wfopt/baselines/<name>.py)",
-        factory=lambda: ["io", "cot", "programmer"],
+        factory=lambda: ["io", "cot"],  # cheap ones; bench/bench_loop.py scores all six
     )
 
 

@@ -31,6 +31,7 @@ from wfopt.workflow import (
     build_solve,
     call_solve,
     operators_used,
+    parse_policy_workflow,
     parse_workflow,
 )
 
@@ -65,8 +66,10 @@ async def execute(
     max_operator_calls: int = 20,
     timeout_s: float = 300.0,
     sample_offset: int = 0,
+    policy_written: bool = False,
 ) -> Record:
-    """Run `workflow` on `problem` and score the result. Never raises for workflow faults."""
+    """Run `workflow` on `problem` and score the result. Never raises for workflow faults.
+    `policy_written`: source from the policy, held to `parse_policy_workflow`'s rules."""
     start = time.perf_counter()
 
     def failed(category: str, detail: str, wf_hash: str | None, ledger: dict) -> Record:
@@ -83,7 +86,10 @@ async def execute(
         )
 
     try:
-        wf = workflow if isinstance(workflow, Workflow) else parse_workflow(workflow)
+        if isinstance(workflow, Workflow):
+            wf = workflow
+        else:
+            wf = (parse_policy_workflow if policy_written else parse_workflow)(workflow)
     except InvalidWorkflow as err:
         return failed(err.category, str(err), None, {})
 
@@ -207,6 +213,7 @@ async def evaluate_policy(
                         executor_params,
                         max_operator_calls=max_operator_calls,
                         timeout_s=timeout_s,
+                        policy_written=True,
                     )
                     for source in sources
                 )

@@ -467,7 +467,9 @@ class Loop:
         for name in lp.baselines:
             if ("test", f"baseline {name}") not in done:
                 summary = await self.evaluate_baseline(name)
-                self.tracker.log(eval_metrics(summary, f"test_baseline/{name}"), step=0)
+                self.tracker.log(
+                    eval_metrics(summary, f"test_baseline/{name}"), step=state["train_step"]
+                )  # W&B drops a step below the current one
                 self.record(_row(f"baseline {name}", "test", -1, summary))
         await self._release_policy()
         candidates = [("untrained policy", 0, None)]

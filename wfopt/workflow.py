@@ -511,6 +511,25 @@ def parse_workflow(source: str, operator_names: frozenset[str] | None = None) ->
     return Workflow(source=source, canonical_source=canonical, hash=digest, code=code)
 
 
+def parse_policy_workflow(source: str) -> Workflow:
+    """`parse_workflow` plus what a *policy-written* workflow must do to count as one: await
+    at least one operator and return a value. The language itself allows operator-free code
+    (tests, constants in hand-written workflows), but a policy that answers with `answer = 0`
+    or `return 11` writes no workflow: scored as a mere failure (0) instead of invalid (-1),
+    such code is a reward hack (measured: `make run`'s trained policy wrote almost only
+    `answer = 0`). Raises `InvalidWorkflow` with the reason."""
+    workflow = parse_workflow(source)
+    tree = ast.parse(source)
+    if not any(isinstance(n, ast.Return) and n.value is not None for n in ast.walk(tree)):
+        raise InvalidWorkflow("a workflow returns its answer: `return ...` is missing")
+    if not any(isinstance(n, ast.Await) for n in ast.walk(tree)):
+        raise InvalidWorkflow(
+            "a workflow calls at least one operator (e.g. `await generate(problem)`); an "
+            "answer written into the code is not a workflow"
+        )
+    return workflow
+
+
 def operators_used(source: str) -> set[str]:
     """Operator names a workflow's source calls (static; empty if it does not parse)."""
     from wfopt.operators import OPERATOR_NAMES

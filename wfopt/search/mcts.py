@@ -35,7 +35,7 @@ from wfopt.policy import Parent, PolicySample, sample_policy
 from wfopt.search.edits import propose_edit
 from wfopt.search.selection import aflow_choice, uct_choice
 from wfopt.search.tree import Node, Tree
-from wfopt.workflow import InvalidWorkflow, Workflow, parse_workflow
+from wfopt.workflow import InvalidWorkflow, Workflow, parse_policy_workflow, parse_workflow
 
 ROLLOUT_STRIDE = 1000  # sample-index offset between rollouts: their executor samples differ
 
@@ -256,7 +256,7 @@ class TreeSearch:
         """The workflow of a policy sample if it is valid and new to the tree; otherwise the
         sample is counted and kept as an `ExtraSample` of `origin`."""
         try:
-            workflow = parse_workflow(sample.code)
+            workflow = parse_policy_workflow(sample.code)
         except InvalidWorkflow as err:
             self.stats.invalid += 1
             self.extra_samples.append(ExtraSample(sample, f"{origin}:invalid", None, str(err)))
