@@ -144,6 +144,21 @@ def test_knobs_that_cannot_act_are_named(composed):
     assert len(norm) == 1 and "loss_agg=token_mean" in norm[0]
 
 
+def test_inert_knobs_are_warned_once(composed, caplog, monkeypatch):
+    from wfopt import runtime
+
+    monkeypatch.delenv("WFOPT_INERT_WARNED", raising=False)
+    monkeypatch.setattr(runtime, "_warned", set())
+    cfg = composed("train", "grpo.clip_eps_low=0.1")
+    with caplog.at_level("WARNING"):
+        assert len(runtime.warn_inert_knobs(cfg, "train")) == 1
+        assert runtime.warn_inert_knobs(cfg, "train") == []  # once per run
+    assert caplog.text.count("grpo.clip_eps_low=0.1 has no effect") == 1
+    monkeypatch.setenv("WFOPT_INERT_WARNED", "1")  # a worker started by the warning process
+    monkeypatch.setattr(runtime, "_warned", set())
+    assert runtime.warn_inert_knobs(cfg, "train") == []
+
+
 def test_dr_grpo_normalizer_is_the_generation_budget(composed):
     from wfopt.grpo.train import with_norm_tokens
 
