@@ -33,7 +33,7 @@ import copy
 from dataclasses import dataclass
 from pathlib import Path
 
-from wfopt.workflow import InvalidWorkflow, parse_workflow, validate
+from wfopt.workflow import InvalidWorkflow, is_docstring, parse_workflow, validate
 
 
 class AFlowError(ValueError):
@@ -222,7 +222,7 @@ class _Converter:
                 self.check_import(stmt)
             elif isinstance(stmt, ast.ClassDef) and stmt.name == "Workflow":
                 workflow = stmt
-            elif not _is_docstring(stmt):
+            elif not is_docstring(stmt):
                 raise self.error(
                     stmt, "only imports and `class Workflow` are supported at the top level"
                 )
@@ -234,7 +234,7 @@ class _Converter:
             if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))
         }
         for stmt in workflow.body:
-            if not (_is_docstring(stmt) or stmt in methods.values()):
+            if not (is_docstring(stmt) or stmt in methods.values()):
                 raise self.error(stmt, "class Workflow may only define __init__ and __call__")
         extra = set(methods) - {"__init__", "__call__"}
         if extra:
@@ -284,7 +284,7 @@ class _Converter:
     def read_init(self, init: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         """`self.x = operator.Custom(self.llm)` binds an operator; the rest must be scaffolding."""
         for stmt in init.body:
-            if _is_docstring(stmt):
+            if is_docstring(stmt):
                 continue
             if (
                 isinstance(stmt, ast.Expr)
@@ -345,7 +345,7 @@ class _Converter:
         self.collect(call)
         body = []
         for stmt in call.body:
-            if _is_docstring(stmt):
+            if is_docstring(stmt):
                 continue
             body.extend(self.statement(stmt))
         solve = ast.AsyncFunctionDef(
@@ -595,14 +595,6 @@ class _Converter:
             elif isinstance(value, ast.AST):
                 setattr(node, field_name, self.expr(value))
         return node
-
-
-def _is_docstring(stmt: ast.stmt) -> bool:
-    return (
-        isinstance(stmt, ast.Expr)
-        and isinstance(stmt.value, ast.Constant)
-        and isinstance(stmt.value.value, str)
-    )
 
 
 def _self_attr(node: ast.AST) -> str | None:

@@ -130,7 +130,7 @@ def _reject(node: ast.AST | None, reason: str) -> InvalidWorkflow:
 
 def validate(tree: ast.Module, operator_names: frozenset[str]) -> ast.AsyncFunctionDef:
     """Check `tree` against the allow-list; return the `solve` function node."""
-    body = [s for s in tree.body if not _is_docstring(s)]
+    body = [s for s in tree.body if not is_docstring(s)]
     if len(body) != 1 or not isinstance(body[0], ast.AsyncFunctionDef) or body[0].name != ENTRY:
         raise _reject(None, "a workflow is exactly one `async def solve(problem): ...`")
     solve = body[0]
@@ -209,7 +209,8 @@ def validate(tree: ast.Module, operator_names: frozenset[str]) -> ast.AsyncFunct
     return solve
 
 
-def _is_docstring(stmt: ast.stmt) -> bool:
+def is_docstring(stmt: ast.stmt) -> bool:
+    """Whether a statement is a bare string literal (a docstring; the AFlow importer too)."""
     return (
         isinstance(stmt, ast.Expr)
         and isinstance(stmt.value, ast.Constant)
@@ -262,7 +263,7 @@ class _Normalizer(ast.NodeTransformer):
         self.names: dict[str, str] = {}
 
     def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> ast.AST:
-        node.body = [s for s in node.body if not _is_docstring(s)] or [ast.Pass()]
+        node.body = [s for s in node.body if not is_docstring(s)] or [ast.Pass()]
         node.args.args[0].arg = "problem"
         self.names[self._param] = "problem"
         self.generic_visit(node)
@@ -293,7 +294,7 @@ class _Normalizer(ast.NodeTransformer):
 
     def normalize(self, tree: ast.Module, param: str) -> ast.Module:
         self._param = param
-        tree.body = [s for s in tree.body if not _is_docstring(s)]
+        tree.body = [s for s in tree.body if not is_docstring(s)]
         return self.visit(tree)
 
 
