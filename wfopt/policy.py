@@ -29,6 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from wfopt.tokens import encode_prompt
+
 RESPONSE_PREFIX = "async def solve(problem):\n    "
 PROMPT_TEMPLATE = "Generate a workflow to solve this problem:\n{problem}\n\nWorkflow:"
 
@@ -151,14 +153,6 @@ def policy_response(code: str) -> str:
     if not code.startswith(RESPONSE_PREFIX):
         code = _with_standard_header(code) or code
     return code[len(RESPONSE_PREFIX) :] if code.startswith(RESPONSE_PREFIX) else code
-
-
-def encode_prompt(prompt: str, tokenizer: Any) -> list[int]:
-    """Token ids of a prompt, by the one rule sampling (the local backend) and training share:
-    the text alone, no special tokens added (a chat template renders BOS itself if its model
-    wants one). Policy samples carry the ids they were sampled with, so this only matters for
-    workflows the policy did not write."""
-    return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
 
 def encode_response(response: str, tokenizer: Any, add_eos: bool = True) -> list[int]:

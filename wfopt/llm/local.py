@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from wfopt.llm.base import Completion, LLMError, Message, SamplingParams
-from wfopt.policy import encode_prompt
+from wfopt.tokens import encode_prompt
 
 if TYPE_CHECKING:
     from wfopt.config import HardwareConfig, ModelConfig
