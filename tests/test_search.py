@@ -191,6 +191,110 @@ def grow(policy, evaluator, seed="io", policy_samples=0, **cfg):
     return search
 
 
+# ------------------------------------------------------- one expansion at a time, and several
+
+GOLDEN = Path(__file__).parent / "data" / "mcts_sequential_trees.json"
+# proposals for the recorded runs: new workflows, a reformatted seed (duplicate), invalid code
+SCRIPT = [
+    "async def solve(problem):\n    return await programmer(problem)",
+    "async def solve(q):\n    return await generate(q)",
+    "def solve(problem): return 4",
+    "async def solve(problem):\n    a = await answer_generate(problem)\n    return a",
+    "async def solve(problem):\n    x = await generate(problem, 'Be brief.')\n    return x",
+    "print('hi')",
+    "async def solve(problem):\n    d = [await generate(problem) for _ in range(3)]\n"
+    "    return await ensemble(problem, d)",
+]
+# name -> (proposer?, policy_samples, mcts overrides); early stop off so the trees grow
+GOLDEN_RUNS = {
+    "uct-edits": (False, 0, {"iterations": 10, "max_children": 3}),
+    "aflow-edits": (False, 0, {"iterations": 10, "max_children": 2, "selection": "aflow"}),
+    "uct-policy": (True, 2, {"iterations": 8, "max_children": 3, "max_invalid_retries": 1}),
+    "aflow-policy": (
+        True,
+        3,
+        {"iterations": 8, "max_children": 2, "selection": "aflow", "max_invalid_retries": 2},
+    ),
+    "uct-cost": (True, 0, {"iterations": 6, "max_children": 2, "cost_weight": 0.5}),
+}
+
+
+def hash_score(workflow) -> float:
+    """0, 0.5 or 1, fixed by the workflow's canonical hash."""
+    return int(workflow.hash[:8], 16) % 3 / 2
+
+
+class TimedEvaluator(CountingEvaluator):
+    """CountingEvaluator that takes a hash-dependent while (so evaluations in flight overlap
+    and finish out of order) and records how many were in flight at most."""
+
+    def __init__(self, score=hash_score, delay_s=0.0) -> None:
+        super().__init__(score)
+        self.delay_s = delay_s
+        self.running = self.peak = 0
+
+    async def __call__(self, workflow):
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await asyncio.sleep(self.delay_s * (int(workflow.hash[-4:], 16) % 7))
+            return await super().__call__(workflow)
+        finally:
+            self.running -= 1
+
+
+def tree_signature(search) -> dict:
+    """Everything the search decided, in order: nodes, their statistics, stats, extras."""
+    keys = ("hash", "parent", "origin", "reward", "visits", "value_sum", "proposals")
+    return {
+        "nodes": [[getattr(n, k) for k in keys] + [n.exhausted] for n in search.tree.nodes],
+        "stats": dict(search.stats.__dict__),
+        "extras": [[e.origin, e.node, e.sample.code] for e in search.extra_samples],
+    }
+
+
+def golden_search(name: str, parallel: int | None = None, evaluator=None):
+    """One of GOLDEN_RUNS (`parallel`: mcts.parallel_expansions, None: the key left out, as
+    code without it needs)."""
+    uses_policy, samples, overrides = GOLDEN_RUNS[name]
+    overrides = {**overrides, "early_stop_perfect": False}
+    if parallel is not None:
+        overrides["parallel_expansions"] = parallel
+    policy = ScriptedPolicy(SCRIPT) if uses_policy else None
+    evaluator = evaluator or CountingEvaluator(hash_score)
+    return grow(policy, evaluator, policy_samples=samples, **overrides)
+
+
+def golden_trees() -> dict:
+    """The signatures of GOLDEN_RUNS; tests/data/mcts_sequential_trees.json holds them as
+    the code before parallel expansions (commit bb8f361) grew them: `cd tests &&
+    PYTHONPATH=<that checkout>:. python -c 'import json, test_search as t;
+    print(json.dumps(t.golden_trees()))'`."""
+    return {name: tree_signature(golden_search(name)) for name in GOLDEN_RUNS}
+
+
+def test_one_expansion_at_a_time_grows_the_recorded_trees():
+    recorded = json.loads(GOLDEN.read_text())
+    assert set(recorded) == set(GOLDEN_RUNS)
+    for name in GOLDEN_RUNS:
+        assert tree_signature(golden_search(name, parallel=1)) == recorded[name], name
+
+
+@pytest.mark.parametrize("name", list(GOLDEN_RUNS))
+def test_parallel_expansions_evaluate_each_workflow_once_and_spend_the_budget(name):
+    evaluator = TimedEvaluator(delay_s=0.002)
+    search = golden_search(name, parallel=4, evaluator=evaluator)
+    iterations = GOLDEN_RUNS[name][2]["iterations"]
+    assert len(evaluator.hashes) == len(set(evaluator.hashes)) == len(search.tree)
+    assert search.stats.evaluations == iterations + 1  # the seed is not counted
+    assert 2 <= evaluator.peak <= 4 + GOLDEN_RUNS[name][1]  # policy samples: all at once
+    for node in search.tree.nodes:  # all in-flight bookkeeping undone
+        assert (node.pending, node.expanding) == (0, 0) and node.visits >= 1
+        assert len(node.children) <= GOLDEN_RUNS[name][2]["max_children"]
+    root = search.tree.root
+    assert root.visits == len(search.tree)  # every evaluation backed up to the root once
+
+
 def test_formatting_variants_are_one_node_and_nothing_runs_twice():
     variants = [
         "async def solve(problem):\n    return await generate(problem)",

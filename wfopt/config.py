@@ -347,6 +347,11 @@ class MCTSConfig:
     max_operator_calls: int = knob(20, "per workflow run (budget error beyond)")
     timeout_s: float = knob(600.0, "per workflow run, waiting in the executor's queue included")
     concurrency: int = knob(8, "problems searched at once (their LLM calls batch together)")
+    parallel_expansions: int = knob(
+        1,
+        "children of one tree selected, proposed and evaluated at once (virtual loss keeps "
+        "selection off paths in flight); 1 = one at a time, the tree of earlier versions",
+    )
     val_problems: int | None = knob(20, "dataset scope: validation problems scoring each workflow")
 
 

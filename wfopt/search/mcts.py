@@ -33,7 +33,7 @@ from wfopt.evaluate import Record, execute
 from wfopt.llm.base import LLM, SamplingParams
 from wfopt.policy import Parent, PolicySample, sample_policy
 from wfopt.search.edits import propose_edit
-from wfopt.search.selection import aflow_choice, uct_choice
+from wfopt.search.selection import aflow_choice, uct_choice, virtual_mean
 from wfopt.search.tree import Node, Tree
 from wfopt.workflow import InvalidWorkflow, Workflow, parse_policy_workflow, parse_workflow
 
@@ -200,21 +200,81 @@ class TreeSearch:
     async def run(self, seed_source: str, policy_samples: int = 0) -> Tree:
         seed = parse_workflow(seed_source)
         root = self.tree.add(seed.hash, seed.source, None, "seed")
+        children = await self._start(root, seed, policy_samples)
+        await self._grow(children)
+        return self.tree
+
+    def _parallel(self) -> int:
+        return max(1, int(self.cfg.parallel_expansions))
+
+    async def _start(self, root: Node, seed: Workflow, k: int) -> list[tuple[Node, Workflow]]:
+        """Evaluate the root; add `k` policy samples as its first children (not yet evaluated)."""
+        if not k or self.proposer is None:
+            await self._evaluate(root, seed)
+            return []
+        if self._parallel() > 1:  # the samples do not need the root's score: one batch
+            _, children = await asyncio.gather(
+                self._evaluate(root, seed), self._sample_children(root, k)
+            )
+            return children
         await self._evaluate(root, seed)
+        return await self._sample_children(root, k)
+
+    async def _grow(self, initial: list[tuple[Node, Workflow]]) -> None:
+        """Evaluate `initial` (all at once), then select, expand and evaluate with up to
+        `mcts.parallel_expansions` expansions in flight, until `mcts.iterations` children
+        (`initial` included) are evaluated, nothing is left to expand, or the tree is done.
+        In-flight work always finishes: a started child is never left unevaluated."""
+        in_flight = {asyncio.ensure_future(self._evaluate_held(*child)) for child in initial}
         evaluated = 0
-        if policy_samples and self.proposer is not None:
-            evaluated += await self._policy_samples(root, policy_samples)
-        while evaluated < self.cfg.iterations and not self._done():
+        try:
+            while True:
+                self._launch(in_flight, evaluated)
+                if not in_flight:
+                    break
+                done, in_flight = await asyncio.wait(in_flight, return_when="FIRST_COMPLETED")
+                evaluated += sum(task.result() for task in done)
+        finally:  # an error in one task: stop the others
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+    def _launch(self, in_flight: set[asyncio.Future[int]], evaluated: int) -> None:
+        """Start expansions while a slot, budget and an expandable node are left; the budget
+        counts those in flight, so exactly `mcts.iterations` children get evaluated."""
+        while (
+            len(in_flight) < self._parallel()
+            and evaluated + len(in_flight) < self.cfg.iterations
+            and not self._done()
+        ):
             node = self.select()
             if node is None:
-                break  # every node is exhausted or full
+                return  # all exhausted, or everything open is in flight: wait for it
+            node.expanding += 1  # reserves a child slot of `node`
+            self.tree.hold(node, 1)
+            in_flight.add(asyncio.ensure_future(self._expand_and_evaluate(node)))
+
+    async def _expand_and_evaluate(self, node: Node) -> int:
+        """1 when a child of `node` was made and evaluated, 0 when none could be made."""
+        try:
             child = await self.expand(node)
-            if child is None:
-                node.exhausted = True
-                continue
-            await self._evaluate(*child)
-            evaluated += 1
-        return self.tree
+        finally:
+            node.expanding -= 1
+            self.tree.hold(node, -1)
+        if child is None:
+            node.exhausted = True
+            return 0
+        await self._evaluate_held(*child)
+        return 1
+
+    async def _evaluate_held(self, node: Node, workflow: Workflow) -> int:
+        """Evaluate `node` with its path held by a virtual visit until the result is in."""
+        self.tree.hold(node, 1)
+        try:
+            await self._evaluate(node, workflow)
+        finally:
+            self.tree.hold(node, -1)
+        return 1
 
     def _done(self) -> bool:
         best = self.tree.best()
@@ -223,28 +283,48 @@ class TreeSearch:
     # -- selection ---------------------------------------------------------------------------
 
     def _expandable(self, node: Node) -> bool:
-        return not node.exhausted and len(node.children) < self.cfg.max_children
+        """Evaluated (a node gets its first visit from its own evaluation: its score and notes
+        go into the proposal prompt), not exhausted, and a child slot not reserved."""
+        free = len(node.children) + node.expanding < self.cfg.max_children
+        return node.visits > 0 and not node.exhausted and free
+
+    def _open(self, node: Node) -> bool:
+        """Can `node` or anything below it be expanded now?"""
+        nodes = self.tree.nodes
+        return self._expandable(node) or any(self._open(nodes[c]) for c in node.children)
+
+    def _floor(self) -> float:
+        """The lowest reward a workflow can get: what an in-flight evaluation counts as."""
+        return min(0.0, -float(self.cfg.cost_weight))
+
+    def _in_flight_below(self, node: Node) -> int:
+        """Children of `node` being proposed or evaluated (a child's first visit is its own)."""
+        waiting = sum(1 for c in node.children if self.tree.nodes[c].visits == 0)
+        return node.expanding + waiting
 
     def select(self) -> Node | None:
-        """The node to expand next, or None when the whole tree is exhausted."""
+        """The node to expand next, or None when nothing can be expanded now (the whole tree
+        is exhausted, or every open node waits for an evaluation in flight)."""
         nodes = self.tree.nodes
+        floor = self._floor()
         if self.cfg.selection == "aflow":
             candidates = [n for n in nodes if self._expandable(n)]
             if not candidates:
                 return None
-            scores = [n.reward for n in candidates]
+            scores = [
+                virtual_mean(n.reward, 1, self._in_flight_below(n), floor) for n in candidates
+            ]
             i = aflow_choice(scores, self.cfg.aflow_lambda, self.cfg.aflow_alpha, self.rng)
             return candidates[i]
         node = self.tree.root
         while not self._expandable(node):
-            children = [nodes[c] for c in node.children]
-            children = [c for c in children if self.tree.is_open(c, self.cfg.max_children)]
+            children = [nodes[c] for c in node.children if self._open(nodes[c])]
             if not children:
                 return None
             i = uct_choice(
-                [c.value for c in children],
-                [c.visits for c in children],
-                node.visits,
+                [virtual_mean(c.value_sum, c.visits, c.pending, floor) for c in children],
+                [c.visits + c.pending for c in children],
+                node.visits + node.pending,
                 self.cfg.exploration,
             )
             node = children[i]
@@ -282,19 +362,21 @@ class TreeSearch:
             # wins, exactly as if they had been tried one after another
             first = node.proposals
             tries = 1 + max(0, int(self.cfg.max_invalid_retries))
+            end = node.proposals = first + tries  # reserved: a parallel expansion samples after
             parent = Parent(node.source, node.score, node.notes)
             samples = await asyncio.gather(
                 *(self.proposer.sample(self.task, parent, first + i) for i in range(tries))
             )
-            # samples after the accepted one are dropped unseen (by index, not by content)
+            # samples after the accepted one are dropped unseen (by index, not by content), and
+            # their indices reused unless a parallel expansion reserved indices after them
             for i, sample in enumerate(samples):
                 self.stats.proposals += 1
                 workflow = self._accept(sample, "policy")
                 if workflow is not None:
-                    node.proposals = first + i + 1
+                    if node.proposals == end:
+                        node.proposals = first + i + 1
                     self.stats.policy_children += 1
                     return self._add_sample_node(workflow, sample, node, "policy"), workflow
-            node.proposals = first + tries
         edit = propose_edit(node.source, set(self.tree.by_hash), self.rng, self.code_task)
         if edit is None:
             return None
@@ -302,9 +384,10 @@ class TreeSearch:
         self.stats.edits += 1
         return self.tree.add(workflow.hash, workflow.source, node, f"edit:{kind}"), workflow
 
-    async def _policy_samples(self, root: Node, k: int) -> int:
-        """The policy's own workflows for the task (training prompt), as the root's first
-        children: the loop's feedback from policy to search. Returns how many were added."""
+    async def _sample_children(self, root: Node, k: int) -> list[tuple[Node, Workflow]]:
+        """The policy's own workflows for the task (training prompt), sampled together, as the
+        root's first children (still to be evaluated): the loop's feedback from policy to
+        search."""
         assert self.proposer is not None
         samples = await asyncio.gather(
             *(self.proposer.sample(self.task, None, i) for i in range(k))
@@ -317,8 +400,7 @@ class TreeSearch:
                 node = self._add_sample_node(workflow, sample, root, "policy_sample")
                 children.append((node, workflow))
         self.stats.policy_children += len(children)
-        await asyncio.gather(*(self._evaluate(node, wf) for node, wf in children))
-        return len(children)
+        return children
 
     # -- evaluation and backpropagation --------------------------------------------------------
 
