@@ -465,6 +465,106 @@ def test_concurrent_trees_batch_their_executor_calls(embedded_llm, tmp_path):
     )
 
 
+@pytest.fixture
+def one_torch_thread():
+    """What `wfopt` would pick on these shared 2 cores (runtime.torch_threads): a full pool
+    stalls at every OpenMP barrier while other processes hold the cores (several-fold)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _real_search(llm, parallel: int, evaluations: list[str] | None = None):
+    """A tree for one arithmetic problem, the embedded model as executor and policy (no
+    cache: every call generates); `evaluations` collects the hash of every evaluation."""
+    from wfopt.config import DatasetConfig
+    from wfopt.datasets import load_dataset
+    from wfopt.llm.base import SamplingParams
+    from wfopt.search.mcts import PolicyProposer
+    from wfopt.search.runner import tree_search
+
+    dataset = load_dataset(OmegaConf.structured(DatasetConfig(num_problems=50)))
+    problem = dataset.problems("train")[0]
+    m = mcts(
+        iterations=3,
+        rollouts=1,
+        max_invalid_retries=1,
+        early_stop_perfect=False,
+        parallel_expansions=parallel,
+    )
+    proposer = PolicyProposer(llm, SamplingParams(1.0, 0.95, max_new_tokens=32, seed=3))
+    params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=24, seed=0)
+    search = tree_search(m, problem.question, [problem], dataset, llm, params, proposer)
+    if evaluations is not None:
+        inner = search.evaluate
+
+        async def recording(workflow):
+            evaluations.append(workflow.hash)
+            return await inner(workflow)
+
+        search.evaluate = recording
+    return search
+
+
+async def _reference_run(search, seed_source: str, policy_samples: int) -> None:
+    """The search loop as it was before parallel expansions (bb8f361): one child at a time,
+    UCT without virtual visits."""
+    seed = parse_workflow(seed_source)
+    root = search.tree.add(seed.hash, seed.source, None, "seed")
+    await search._evaluate(root, seed)
+    children = await search._sample_children(root, policy_samples)
+    await asyncio.gather(*(search._evaluate(node, wf) for node, wf in children))
+    evaluated = len(children)
+    while evaluated < search.cfg.iterations and not search._done():
+        node = _reference_select(search)
+        if node is None:
+            break
+        child = await search.expand(node)
+        if child is None:
+            node.exhausted = True
+            continue
+        await search._evaluate(*child)
+        evaluated += 1
+
+
+def _reference_select(search):
+    tree, cfg = search.tree, search.cfg
+    node = tree.root
+    while node.exhausted or len(node.children) >= cfg.max_children:
+        children = [tree.nodes[c] for c in node.children]
+        children = [c for c in children if tree.is_open(c, cfg.max_children)]
+        if not children:
+            return None
+        values, visits = [c.value for c in children], [c.visits for c in children]
+        i = uct_choice(values, visits, node.visits, cfg.exploration)
+        node = children[i]
+    return node
+
+
+def test_real_model_one_expansion_at_a_time_is_the_old_loop(embedded_llm, one_torch_thread):
+    new, old = _real_search(embedded_llm, 1), _real_search(embedded_llm, 1)
+    asyncio.run(new.run(load_baseline("io"), policy_samples=2))
+    asyncio.run(_reference_run(old, load_baseline("io"), 2))
+    assert tree_signature(new) == tree_signature(old)
+    assert new.stats.evaluations == 1 + 3
+
+
+def test_real_model_parallel_expansions_batch_and_never_repeat(embedded_llm, one_torch_thread):
+    from wfopt.llm import batch_sizes
+
+    evaluations: list[str] = []
+    search = _real_search(embedded_llm, 3, evaluations)
+    before = len(batch_sizes(embedded_llm))
+    asyncio.run(search.run(load_baseline("io"), policy_samples=2))
+    assert len(evaluations) == len(set(evaluations)) == len(search.tree) == 1 + 3
+    # the root's evaluation and the policy's samples share batches; so do the tries of one
+    # expansion, and proposals and evaluations of the children in flight
+    assert max(batch_sizes(embedded_llm)[before:]) >= 3
+
+
 def _search_args(cache: Path, limit: int) -> list[str]:
     return [
         "search",

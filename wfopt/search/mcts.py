@@ -18,6 +18,18 @@ edit (edits.py) when the policy gives nothing new, evaluates the child once and 
 reward up the path. A canonical workflow is never evaluated twice: duplicates are rejected
 before evaluation. The tree stops growing after `mcts.iterations` evaluated children, when no
 node can be expanded, or (`mcts.early_stop_perfect`) once it holds a perfect workflow.
+
+`mcts.parallel_expansions` = k keeps up to k of those iterations in flight per tree, so their
+proposals and executor calls share batches. A slot opens when a child's evaluation is backed
+up (or its expansion gave nothing) and is refilled by a fresh selection, which sees every
+evaluation still running as a visit at the lowest reward (virtual loss, selection.py) and
+never picks a node not evaluated yet or whose child slots are all taken by expansions in
+flight. A child enters `tree.by_hash` the moment it is proposed, before its evaluation
+starts, so a parallel proposal of the same workflow is a duplicate. The budget counts
+evaluations in flight, so exactly `mcts.iterations` children are evaluated; on early stop the
+ones running finish. With k > 1 the policy's samples are drawn while the root is evaluated,
+and expansions start as soon as a slot is free. k = 1 is the sequential search, tree for
+tree (tests/data/mcts_sequential_trees.json).
 """
 
 from __future__ import annotations
