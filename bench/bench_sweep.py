@@ -4,12 +4,17 @@ The same two jobs, `wfopt evaluate workflow=cot dataset.limit=N seed=0,1` (embed
 response cache off), launched as one `-m` sweep in several arms:
 
 - one after the other: the basic launcher (one job at a time, each with all the cores);
+- one after the other + spinning: that with OMP_WAIT_POLICY=ACTIVE (wfopt sets PASSIVE
+  unless the environment chose: idle OpenMP threads then sleep instead of spinning, which is
+  what matters when other processes hold the cores);
 - joblib: `hydra/launcher=joblib hydra.launcher.n_jobs=2`, the threads wfopt picks
   (runtime.torch_threads: the cores shared by the jobs at once);
-- joblib, full pool: the same with `hardware.num_threads=<all cores>` in each job, what two
+- joblib + full pool: the same with `hardware.num_threads=<all cores>` in each job, what two
   unsized processes side by side get;
-- joblib, full pool, passive: that with OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads sleep
-  instead of spinning).
+- joblib + full pool + spinning: that with OMP_WAIT_POLICY=ACTIVE.
+
+`--code` runs the jobs from another checkout (one without this sizing: its "one after the
+other" is the libgomp default wait policy, neither PASSIVE nor ACTIVE).
 
 Reports each arm's median wall time, the ratio to "one after the other" (median of per-repeat
 ratios; the arms rotate order between repeats), the torch threads each job logged, and the
@@ -18,6 +23,7 @@ ratios; the arms rotate order between repeats), the torch threads each job logge
     .venv/bin/python -m bench sweep                   # full: dataset.limit=8, 3 repeats
     BENCH_QUICK=1 .venv/bin/python -m bench sweep     # limit 4, 1 repeat
     .venv/bin/python bench/bench_sweep.py --code ../main   # the jobs run another checkout
+    .venv/bin/python bench/bench_sweep.py --arms "one after the other,joblib"
 
 Writes the numbers as JSON to `--json` (default outputs/bench/sweep.json).
 """
@@ -46,11 +52,13 @@ FULL_POOL = [f"hardware.num_threads={CPUS}"]
 # arm -> (extra overrides, extra environment)
 ARMS: dict[str, tuple[list[str], dict[str, str]]] = {
     "one after the other": ([], {}),
+    "one after the other + spinning": ([], {"OMP_WAIT_POLICY": "ACTIVE"}),
     "joblib": (JOBLIB, {}),
-    "joblib, full pool": (JOBLIB + FULL_POOL, {}),
-    "joblib, full pool, passive": (JOBLIB + FULL_POOL, {"OMP_WAIT_POLICY": "PASSIVE"}),
+    "joblib + full pool": (JOBLIB + FULL_POOL, {}),
+    "joblib + full pool + spinning": (JOBLIB + FULL_POOL, {"OMP_WAIT_POLICY": "ACTIVE"}),
 }
 QUICK = {"limit": 4, "repeats": 1}
+OPENMP_VARS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")  # each arm sets what it measures
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -75,8 +83,9 @@ def run_sweep(args: argparse.Namespace, arm: str, where: Path) -> dict[str, Any]
         "executor.cache=false", "tracking.wandb=false", "report=false",
         f"hydra.sweep.dir={where}", *overrides,
     ]  # fmt: skip
+    inherited = {k: v for k, v in os.environ.items() if k not in OPENMP_VARS}
     full_env = {
-        **os.environ,
+        **inherited,
         "PYTHONPATH": str(args.code.resolve()),
         "HF_HUB_OFFLINE": "1",
         "WANDB_MODE": "disabled",

@@ -228,16 +228,18 @@ class TimedEvaluator(CountingEvaluator):
     """CountingEvaluator that takes a hash-dependent while (so evaluations in flight overlap
     and finish out of order) and records how many were in flight at most."""
 
-    def __init__(self, score=hash_score, delay_s=0.0) -> None:
+    def __init__(self, score=hash_score, delay_s=0.0, reverse=False) -> None:
         super().__init__(score)
         self.delay_s = delay_s
+        self.reverse = reverse  # the slow ones fast and the fast ones slow
         self.running = self.peak = 0
 
     async def __call__(self, workflow):
         self.running += 1
         self.peak = max(self.peak, self.running)
+        steps = int(workflow.hash[-4:], 16) % 7
         try:
-            await asyncio.sleep(self.delay_s * (int(workflow.hash[-4:], 16) % 7))
+            await asyncio.sleep(self.delay_s * (6 - steps if self.reverse else steps))
             return await super().__call__(workflow)
         finally:
             self.running -= 1
@@ -293,6 +295,15 @@ def test_parallel_expansions_evaluate_each_workflow_once_and_spend_the_budget(na
         assert len(node.children) <= GOLDEN_RUNS[name][2]["max_children"]
     root = search.tree.root
     assert root.visits == len(search.tree)  # every evaluation backed up to the root once
+
+
+@pytest.mark.parametrize("name", list(GOLDEN_RUNS))
+def test_parallel_trees_do_not_depend_on_which_evaluation_finishes_first(name):
+    fast_first, slow_first = (
+        golden_search(name, parallel=3, evaluator=TimedEvaluator(delay_s=0.003, reverse=r))
+        for r in (False, True)
+    )
+    assert tree_signature(fast_first) == tree_signature(slow_first)
 
 
 def test_formatting_variants_are_one_node_and_nothing_runs_twice():
@@ -597,10 +608,12 @@ def test_search_cli_end_to_end_deterministic_resumable_and_trainable(cli, tmp_pa
     assert len(list((first / "trees").glob("*.json"))) == 2
     metrics = [json.loads(line) for line in (first / "metrics.jsonl").read_text().splitlines()]
     assert "search/invalid_proposal_rate" in metrics[-1]["summary"]
+    assert metrics[-1]["summary"]["search/executor_batch_mean"] >= 1  # the first run generates
 
     # resume the first run with a bigger budget: only the new problem is searched
     before = (first / "trajectories.jsonl").read_text()
-    cli(*_search_args(cache, 3), f"resume={first}", f"hydra.run.dir={tmp_path / 'run3'}")
+    resumed = [f"resume={first}", "mcts.parallel_expansions=2"]  # (the key, end to end)
+    cli(*_search_args(cache, 3), *resumed, f"hydra.run.dir={tmp_path / 'run3'}")
     after = (first / "trajectories.jsonl").read_text()
     assert after.startswith(before) and len(after.splitlines()) == 3
 

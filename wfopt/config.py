@@ -443,7 +443,11 @@ class HardwareConfig:
     distributed: Distributed = knob(
         Distributed.no, "no | ddp | fsdp | deepspeed (must match the accelerate config)"
     )
-    num_threads: int | None = knob(None, "torch intra-op threads (null = torch default)")
+    num_threads: int | None = knob(
+        None,
+        "torch intra-op threads (null: this job's share of the CPUs, e.g. CPUs / "
+        "hydra.launcher.n_jobs in a joblib sweep; logged at startup)",
+    )
     accelerate_config: str | None = knob(
         None,
         "`wfopt loop` trains under `accelerate launch` with this file (null: conf/accelerate/<mode>)",

@@ -27,16 +27,18 @@ never picks a node not evaluated yet or whose child slots are all taken by expan
 flight. A child enters `tree.by_hash` the moment it is proposed, before its evaluation
 starts, so a parallel proposal of the same workflow is a duplicate. The budget counts
 evaluations in flight, so exactly `mcts.iterations` children are evaluated; on early stop the
-ones running finish. With k > 1 the policy's samples are drawn while the root is evaluated,
-and expansions start as soon as a slot is free. k = 1 is the sequential search, tree for
-tree (tests/data/mcts_sequential_trees.json).
+ones running finish. With k > 1 the policy's samples are drawn while the root is evaluated.
+Proposals are accepted, and results backed up, in launch order (a finished evaluation waits
+for the ones launched before it), so the tree does not depend on timing: the response cache
+reproduces it. k = 1 is the sequential search, tree for tree
+(tests/data/mcts_sequential_trees.json).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -194,6 +196,25 @@ class ExtraSample:
 
 
 @dataclass
+class Proposal:
+    """The policy's tries for one expansion: sample indices first..end-1."""
+
+    first: int
+    end: int
+    samples: list[PolicySample]
+
+
+@dataclass
+class Outcome:
+    """A finished expansion, to be committed: its `child` with its `evaluation`, or no
+    child of `parent` could be made."""
+
+    parent: Node | None
+    child: Node | None
+    evaluation: Evaluation | None = None
+
+
+@dataclass
 class TreeSearch:
     """Grows one tree. `cfg` is an `MCTSConfig`; `task` is the text the policy sees."""
 
@@ -208,6 +229,8 @@ class TreeSearch:
     stats: SearchStats = field(default_factory=SearchStats)
     # the policy's samples that made no node: invalid ones and duplicates (see ExtraSample)
     extra_samples: list[ExtraSample] = field(default_factory=list)
+    # done once the expansion launched last has accepted its child (launch-order acceptance)
+    _turn: asyncio.Future[None] | None = field(default=None, repr=False)
 
     async def run(self, seed_source: str, policy_samples: int = 0) -> Tree:
         seed = parse_workflow(seed_source)
@@ -234,58 +257,86 @@ class TreeSearch:
 
     async def _grow(self, initial: list[tuple[Node, Workflow]]) -> None:
         """Evaluate `initial` (all at once), then select, expand and evaluate with up to
-        `mcts.parallel_expansions` expansions in flight, until `mcts.iterations` children
+        `mcts.parallel_expansions` children in flight, until `mcts.iterations` children
         (`initial` included) are evaluated, nothing is left to expand, or the tree is done.
-        In-flight work always finishes: a started child is never left unevaluated."""
-        in_flight = {asyncio.ensure_future(self._evaluate_held(*child)) for child in initial}
+
+        Proposals are accepted (and edits drawn) in launch order, before the next selection;
+        results are committed (backed up, or the parent marked exhausted) in launch order. So
+        the tree does not depend on which call happens to finish first: a rerun from the
+        response cache grows the same tree. In-flight work always finishes: a started child
+        is never left unevaluated."""
+        queue: deque[asyncio.Future[Outcome]] = deque()
+        self._turn = None
+        for node, workflow in initial:
+            self.tree.hold(node, 1)
+            queue.append(asyncio.ensure_future(self._evaluated(node, workflow)))
         evaluated = 0
         try:
             while True:
-                self._launch(in_flight, evaluated)
-                if not in_flight:
+                if self._turn is not None:  # selection sees every child launched so far
+                    await self._turn
+                self._launch(queue, evaluated)
+                if not queue:
                     break
-                done, in_flight = await asyncio.wait(in_flight, return_when="FIRST_COMPLETED")
-                evaluated += sum(task.result() for task in done)
+                outcome = await queue[0]
+                queue.popleft()
+                evaluated += self._commit(outcome)
         finally:  # an error in one task: stop the others
-            for task in in_flight:
+            for task in queue:
                 task.cancel()
-            await asyncio.gather(*in_flight, return_exceptions=True)
+            await asyncio.gather(*queue, return_exceptions=True)
 
-    def _launch(self, in_flight: set[asyncio.Future[int]], evaluated: int) -> None:
+    def _launch(self, queue: deque[asyncio.Future[Outcome]], evaluated: int) -> None:
         """Start expansions while a slot, budget and an expandable node are left; the budget
         counts those in flight, so exactly `mcts.iterations` children get evaluated."""
         while (
-            len(in_flight) < self._parallel()
-            and evaluated + len(in_flight) < self.cfg.iterations
+            len(queue) < self._parallel()
+            and evaluated + len(queue) < self.cfg.iterations
             and not self._done()
         ):
             node = self.select()
             if node is None:
                 return  # all exhausted, or everything open is in flight: wait for it
-            node.expanding += 1  # reserves a child slot of `node`
+            node.expanding += 1  # a child slot of `node`, until its child exists
             self.tree.hold(node, 1)
-            in_flight.add(asyncio.ensure_future(self._expand_and_evaluate(node)))
+            turn, self._turn = self._turn, asyncio.get_running_loop().create_future()
+            queue.append(asyncio.ensure_future(self._expand_child(node, turn, self._turn)))
 
-    async def _expand_and_evaluate(self, node: Node) -> int:
-        """1 when a child of `node` was made and evaluated, 0 when none could be made."""
+    async def _expand_child(
+        self, node: Node, turn: asyncio.Future[None] | None, mine: asyncio.Future[None]
+    ) -> Outcome:
+        """Propose a child of `node` (concurrently), accept it once the expansions launched
+        before have accepted theirs (`turn`), then evaluate it."""
         try:
-            child = await self.expand(node)
+            proposal = await self._propose(node)
+            if turn is not None:
+                await turn
+            child = self._choose(node, proposal)
         finally:
-            node.expanding -= 1
-            self.tree.hold(node, -1)
+            if not mine.done():
+                mine.set_result(None)
         if child is None:
-            node.exhausted = True
-            return 0
-        await self._evaluate_held(*child)
-        return 1
+            return Outcome(node, None)
+        node.expanding -= 1  # the slot is the child's now (so selection sees no change)
+        self.tree.hold(node, -1)
+        self.tree.hold(child[0], 1)
+        return await self._evaluated(*child)
 
-    async def _evaluate_held(self, node: Node, workflow: Workflow) -> int:
-        """Evaluate `node` with its path held by a virtual visit until the result is in."""
-        self.tree.hold(node, 1)
-        try:
-            await self._evaluate(node, workflow)
-        finally:
-            self.tree.hold(node, -1)
+    async def _evaluated(self, node: Node, workflow: Workflow) -> Outcome:
+        return Outcome(None, node, await self.evaluate(workflow))
+
+    def _commit(self, outcome: Outcome) -> int:
+        """Apply one finished expansion: 1 when a child was evaluated (backed up), 0 when
+        none could be made (its parent is exhausted)."""
+        if outcome.child is None:
+            assert outcome.parent is not None
+            outcome.parent.expanding -= 1
+            self.tree.hold(outcome.parent, -1)
+            outcome.parent.exhausted = True
+            return 0
+        assert outcome.evaluation is not None
+        self.tree.hold(outcome.child, -1)
+        self._record(outcome.child, outcome.evaluation)
         return 1
 
     def _done(self) -> bool:
@@ -369,26 +420,36 @@ class TreeSearch:
 
     async def expand(self, node: Node) -> tuple[Node, Workflow] | None:
         """A new child of `node`: the policy's first usable proposal, else a structural edit."""
-        if self.proposer is not None:
-            # all tries are sampled at once (they batch); the first usable one in index order
-            # wins, exactly as if they had been tried one after another
-            first = node.proposals
-            tries = 1 + max(0, int(self.cfg.max_invalid_retries))
-            end = node.proposals = first + tries  # reserved: a parallel expansion samples after
-            parent = Parent(node.source, node.score, node.notes)
-            samples = await asyncio.gather(
-                *(self.proposer.sample(self.task, parent, first + i) for i in range(tries))
-            )
-            # samples after the accepted one are dropped unseen (by index, not by content), and
-            # their indices reused unless a parallel expansion reserved indices after them
-            for i, sample in enumerate(samples):
-                self.stats.proposals += 1
-                workflow = self._accept(sample, "policy")
-                if workflow is not None:
-                    if node.proposals == end:
-                        node.proposals = first + i + 1
-                    self.stats.policy_children += 1
-                    return self._add_sample_node(workflow, sample, node, "policy"), workflow
+        return self._choose(node, await self._propose(node))
+
+    async def _propose(self, node: Node) -> Proposal:
+        """The policy's tries for a child of `node`, sampled at once (they batch); none
+        without a policy. Their sample indices are reserved before the first await, so a
+        parallel expansion of the same node samples others."""
+        if self.proposer is None:
+            return Proposal(0, 0, [])
+        first = node.proposals
+        tries = 1 + max(0, int(self.cfg.max_invalid_retries))
+        node.proposals = first + tries
+        parent = Parent(node.source, node.score, node.notes)
+        samples = await asyncio.gather(
+            *(self.proposer.sample(self.task, parent, first + i) for i in range(tries))
+        )
+        return Proposal(first, first + tries, list(samples))
+
+    def _choose(self, node: Node, proposal: Proposal) -> tuple[Node, Workflow] | None:
+        """The first usable try in index order, exactly as if they had been tried one after
+        another, added to the tree; else a structural edit; None when neither is new."""
+        # samples after the accepted one are dropped unseen (by index, not by content), and
+        # their indices reused unless a parallel expansion reserved indices after them
+        for i, sample in enumerate(proposal.samples):
+            self.stats.proposals += 1
+            workflow = self._accept(sample, "policy")
+            if workflow is not None:
+                if node.proposals == proposal.end:
+                    node.proposals = proposal.first + i + 1
+                self.stats.policy_children += 1
+                return self._add_sample_node(workflow, sample, node, "policy"), workflow
         edit = propose_edit(node.source, set(self.tree.by_hash), self.rng, self.code_task)
         if edit is None:
             return None
@@ -417,7 +478,10 @@ class TreeSearch:
     # -- evaluation and backpropagation --------------------------------------------------------
 
     async def _evaluate(self, node: Node, workflow: Workflow) -> None:
-        evaluation = await self.evaluate(workflow)
+        self._record(node, await self.evaluate(workflow))
+
+    def _record(self, node: Node, evaluation: Evaluation) -> None:
+        """Store `node`'s evaluation and back its reward up the path."""
         records = evaluation.records
         node.scores = evaluation.scores
         node.score = sum(node.scores) / len(node.scores) if node.scores else 0.0
