@@ -186,6 +186,8 @@ def throughput(args: argparse.Namespace, llm: LocalLLM, dataset: Any, console: C
         "concurrent": (n, 1),
         "parallel expansions": (n, args.tp_parallel),
     }
+    if args.tp_skip_sequential:  # the ratio of interest is parallel vs concurrent
+        del arms["one at a time"]
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
     trees: dict[str, dict[str, Any]] = {}
     for repeat in range(args.repeats):
@@ -238,14 +240,17 @@ def throughput(args: argparse.Namespace, llm: LocalLLM, dataset: Any, console: C
     def signature(tree: dict[str, Any]) -> list[tuple[str, list[float]]]:
         return [(node["hash"], node["scores"]) for node in tree["nodes"]]
 
-    a, b = trees["one at a time"], trees["concurrent"]
+    b = trees["concurrent"]
+    a = trees.get("one at a time", b)
     same = sum(signature(a[pid]) == signature(b[pid]) for pid in a)
 
     def ratios_of(key: str, arm: str, base: str) -> list[float]:
         pairs = zip(runs[arm], runs[base], strict=True)
         return [x[key] / y[key] if y[key] else float("nan") for x, y in pairs]
 
-    ratios = ratios_of("evals_per_min", "concurrent", "one at a time")
+    ratios = ratios_of(
+        "evals_per_min", "concurrent", "one at a time" if a is not b else "concurrent"
+    )
     parallel = {
         key: ratios_of(key, "parallel expansions", "concurrent")
         for key in ("evals_per_min", "mean_batch")
@@ -298,11 +303,12 @@ def throughput(args: argparse.Namespace, llm: LocalLLM, dataset: Any, console: C
         )
     console.print(table)
     ratio = statistics.median(ratios)
-    console.print(
-        f"evaluations/min, concurrent vs one at a time: {ratio:.2f}x (median of per-repeat "
-        f"ratios {', '.join(f'{r:.2f}' for r in ratios)}); identical trees in both arms "
-        f"(hashes and scores, first repeat): {same}/{n}"
-    )
+    if a is not b:
+        console.print(
+            f"evaluations/min, concurrent vs one at a time: {ratio:.2f}x (median of per-repeat "
+            f"ratios {', '.join(f'{r:.2f}' for r in ratios)}); identical trees in both arms "
+            f"(hashes and scores, first repeat): {same}/{n}"
+        )
     k = args.tp_parallel
     console.print(
         f"parallel expansions ({k} in flight per tree) vs concurrent (1 in flight): "
@@ -657,6 +663,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--tp-parallel", type=int, default=4, help="throughput: the parallel arm's k")
     add("--tp-proposer", default="edits", choices=("policy", "edits"), help="throughput")
     add("--repeats", type=int, default=3, help="throughput: repeats of every arm")
+    add("--tp-skip-sequential", action="store_true", help="throughput: no one-at-a-time arm")
     add("--val-problems", type=int, default=20, help="dataset scope: validation problems")
     add("--ds-iterations", type=int, default=6, help="dataset scope: mcts.iterations")
     add("--ds-proposer", default="policy", choices=("policy", "edits"))

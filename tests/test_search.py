@@ -351,7 +351,9 @@ def test_valid_policy_proposals_become_children_with_their_origin():
 
 def test_early_stop_once_a_workflow_is_perfect():
     perfect = CountingEvaluator(lambda wf: 1.0)
-    assert len(grow(None, perfect, iterations=6).tree) == 2
+    assert len(grow(None, perfect, iterations=6, parallel_expansions=1).tree) == 2
+    # k in flight: those already running when the first perfect one is in finish too
+    assert len(grow(None, CountingEvaluator(lambda wf: 1.0), iterations=6).tree) <= 1 + 4
     assert (
         len(
             grow(

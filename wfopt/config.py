@@ -348,9 +348,10 @@ class MCTSConfig:
     timeout_s: float = knob(600.0, "per workflow run, waiting in the executor's queue included")
     concurrency: int = knob(8, "problems searched at once (their LLM calls batch together)")
     parallel_expansions: int = knob(
-        1,
+        4,
         "children of one tree selected, proposed and evaluated at once (virtual loss keeps "
-        "selection off paths in flight); 1 = one at a time, the tree of earlier versions",
+        "selection off paths in flight; trees still reproducible); 1 = one at a time, the "
+        "sequential search's trees exactly",
     )
     val_problems: int | None = knob(20, "dataset scope: validation problems scoring each workflow")
 
