@@ -104,7 +104,9 @@ def passive_openmp() -> None:
     waiting at a barrier sleep instead of spinning, so a job whose cores are also busy with
     other processes is not stalled by its own spinning threads. Measured on 2 shared cores
     (load ~4): two `wfopt evaluate workflow=cot dataset.limit=4` jobs one after the other,
-    2 threads each, took 424 s spinning and 51 s passive. libgomp reads it once, when torch
+    2 threads each, took 424 s with libgomp's default policy and 51 s passive; on a quiet
+    machine two such jobs side by side as a joblib sweep, 2 threads each, 318 s vs 30 s
+    (bench/bench_sweep.py). libgomp reads it once, when torch
     loads: the CLI calls this before anything imports torch (and child processes inherit)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
