@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import hashlib
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -514,11 +515,13 @@ def parse_workflow(source: str, operator_names: frozenset[str] | None = None) ->
 
 def parse_policy_workflow(source: str) -> Workflow:
     """`parse_workflow` plus what a *policy-written* workflow must do to count as one: await
-    at least one operator and return a value. The language itself allows operator-free code
+    at least one operator and return a value computed from an operator's result (or ""). The
+    language itself allows operator-free code
     (tests, constants in hand-written workflows), but a policy that answers with `answer = 0`
     or `return 11` writes no workflow: scored as a mere failure (0) instead of invalid (-1),
     such code is a reward hack (measured: `make run`'s trained policy wrote almost only
-    `answer = 0`). Raises `InvalidWorkflow` with the reason."""
+    `answer = 0`), and so is `await generate(problem)` followed by `return 11`. Raises
+    `InvalidWorkflow` with the reason."""
     workflow = parse_workflow(source)
     tree = ast.parse(source)
     if not any(isinstance(n, ast.Return) and n.value is not None for n in ast.walk(tree)):
@@ -528,7 +531,71 @@ def parse_policy_workflow(source: str) -> Workflow:
             "a workflow calls at least one operator (e.g. `await generate(problem)`); an "
             "answer written into the code is not a workflow"
         )
+    derived = operator_derived_names(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Return) and node.value is not None:
+            empty = isinstance(node.value, ast.Constant) and node.value.value in ("", None)
+            if not empty and not _is_derived(node.value, derived):
+                raise InvalidWorkflow(
+                    f"line {node.lineno}: `return {ast.unparse(node.value)[:60]}` returns no "
+                    "operator's result; an answer written into the code is not a workflow"
+                )
     return workflow
+
+
+def _is_derived(expr: ast.AST, derived: set[str]) -> bool:
+    return any(
+        isinstance(n, ast.Await) or (isinstance(n, ast.Name) and n.id in derived)
+        for n in ast.walk(expr)
+    )
+
+
+def operator_derived_names(tree: ast.AST) -> set[str]:
+    """Variables that may hold a value computed from an operator's result (flow-insensitive,
+    to a fixpoint): assigned, loop-bound or appended from an expression containing an `await`
+    (only operators can be awaited) or another such variable."""
+    derived: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for node in ast.walk(tree):
+            flows: list[tuple[ast.AST, ast.AST]] = []
+            if isinstance(node, ast.Assign):
+                flows = [(target, node.value) for target in node.targets]
+            elif isinstance(node, ast.AugAssign | ast.AnnAssign | ast.NamedExpr) and node.value:
+                flows = [(node.target, node.value)]
+            elif isinstance(node, ast.For | ast.comprehension):
+                flows = [(node.target, node.iter)]
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name)
+                and node.func.attr == "append"
+            ):  # list.append(x) makes the list hold x
+                flows = [(node.func.value, arg) for arg in node.args]
+            for target, value in flows:
+                if not _is_derived(value, derived):
+                    continue
+                for name in ast.walk(target):
+                    if isinstance(name, ast.Name) and name.id not in derived:
+                        derived.add(name.id)
+                        changed = True
+    return derived
+
+
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?!\.?\d|\w)")
+
+
+def answer_written_in(source: str, answer: str, question: str) -> bool:
+    """Whether a workflow's code spells the problem's answer as a number that the question
+    does not contain: the policy solving the problem itself instead of composing operators
+    (reported per policy-written workflow; a gain from this is not workflow learning)."""
+    try:
+        gold = float(answer)
+    except ValueError:
+        return False
+    in_question = {float(n) for n in _NUMBER.findall(question)}
+    return gold not in in_question and gold in {float(n) for n in _NUMBER.findall(source)}
 
 
 def operators_used(source: str) -> set[str]:
