@@ -565,4 +565,4 @@ def test_grpo_makes_the_better_workflow_more_likely_on_unseen_problems(policy):
         curve.append(log_odds(model, tokenizer, held_out))
     print(f"\nlog-odds programmer vs io on 2 unseen problems, per GRPO step: {curve}")
     assert all(b > a for a, b in itertools.pairwise(curve)), curve  # every step
-    assert curve[-1] - curve[0] > 5.0, curve  # measured: about +4.5 nats per step
+    assert curve[-1] - curve[0] > 10.0, curve  # measured: -83.6 -> -70.6 -> -60.9 -> -52.8
