@@ -74,6 +74,11 @@ class Backend(Choice):
     openai = "openai"
 
 
+class Batching(Choice):
+    continuous = "continuous"
+    static = "static"
+
+
 class DatasetName(Choice):
     arithmetic = "arithmetic"
     gsm8k = "gsm8k"
@@ -186,8 +191,20 @@ class ModelConfig:
     gguf_file: str | None = knob(None, "GGUF file inside `path`, if the weights are GGUF")
     dtype: Dtype = knob(Dtype.auto, "weights dtype; auto follows hardware.dtype")
     chat_template: bool = knob(True, "wrap prompts with the tokenizer's chat template")
-    max_batch_size: int = knob(16, "dynamic batching: most requests generated together")
-    batch_wait_ms: float = knob(20.0, "how long the batcher waits to fill a batch")
+    batching: Batching = knob(
+        Batching.continuous,
+        "local backend: continuous (requests join the running batch between decode steps, "
+        "finished ones leave) or static (a batch decodes to its end while arrivals wait: "
+        "the older scheme, kept for comparison)",
+    )
+    max_batch_size: int = knob(16, "local backend: most requests decoded together (rows)")
+    max_prefill_tokens: int = knob(
+        2048,
+        "continuous batching: most (padded) prompt tokens prefilled between two decode "
+        "steps, bounding how long running rows stall while requests join (a longer prompt "
+        "is prefilled alone)",
+    )
+    batch_wait_ms: float = knob(20.0, "static batching: how long the batcher waits to fill a batch")
     lora: LoraConfig = knob(help="LoRA adapters for GRPO training", factory=LoraConfig)
 
 
