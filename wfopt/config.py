@@ -317,7 +317,9 @@ class WorkflowConfig:
     name: str = knob("cot", "a baseline in wfopt/baselines/ (io, cot, cot_sc, programmer, ...)")
     path: str | None = knob(None, "a user's workflow file; overrides `name`")
     max_operator_calls: int = knob(20, "operator calls per run (budget error beyond)")
-    timeout_s: float = knob(300.0, "seconds per workflow run")
+    timeout_s: float = knob(
+        300.0, "seconds per workflow run (time queued in the local executor not counted)"
+    )
 
 
 @dataclass
@@ -362,7 +364,9 @@ class MCTSConfig:
     )
     cost_scale_tokens: int = knob(2048, "mean tokens per run that count as cost 1")
     max_operator_calls: int = knob(20, "per workflow run (budget error beyond)")
-    timeout_s: float = knob(600.0, "per workflow run, waiting in the executor's queue included")
+    timeout_s: float = knob(
+        600.0, "seconds per workflow run (time queued in the local executor not counted)"
+    )
     concurrency: int = knob(8, "problems searched at once (their LLM calls batch together)")
     val_problems: int | None = knob(20, "dataset scope: validation problems scoring each workflow")
 
@@ -545,7 +549,9 @@ class LoopSettings:
     eval_temperature: float = knob(0.0, "0 = greedy (with eval_samples=1)")
     policy_max_tokens: int = knob(160, "longest workflow body the policy may write")
     eval_max_operator_calls: int = knob(20, "held-out runs: operator calls per workflow run")
-    eval_timeout_s: float = knob(600.0, "held-out runs: seconds per workflow run")
+    eval_timeout_s: float = knob(
+        600.0, "held-out runs: seconds per workflow run (queue time not counted)"
+    )
     replay_episodes: int = knob(0, "also train on the trajectories of this many previous episodes")
     baselines: list[str] = knob(
         help="fixed reference workflows scored on the test problems (wfopt/baselines/<name>.py)",
