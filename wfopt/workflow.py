@@ -391,14 +391,16 @@ class _Limits:
     def __init__(self, deadline: float, clock: QueueClock | None = None) -> None:
         self.deadline = deadline  # time.monotonic() at which the run is out of time...
         self.clock = clock  # ...pushed back by the time its requests spent queued
+        self.steps = 0
 
     def tick(self) -> None:
         self.steps += 1
         if self.steps > MAX_STEPS:
             raise LimitExceeded(f"more than {MAX_STEPS} loop steps")
-        queued = self.clock.seconds() if self.clock is not None else 0.0
-        if self.steps % 64 == 0 and time.monotonic() - queued > self.deadline:
-            raise WorkflowTimeout("workflow exceeded its time limit inside a loop")
+        if self.steps % 64 == 0:
+            queued = self.clock.seconds() if self.clock is not None else 0.0
+            if time.monotonic() - queued > self.deadline:
+                raise WorkflowTimeout("workflow exceeded its time limit inside a loop")
 
     def tick_value(self, value: Any) -> Any:
         self.tick()
