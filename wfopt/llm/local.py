@@ -18,11 +18,13 @@ The decode loop is our own, not transformers' continuous-batching engine
 (`generate_batch` / `init_continuous_batching`, paged KV): that engine samples with one
 generator for the whole batch (`torch.multinomial` on the global RNG) and fixes greedy or
 sampling for all requests, so a sampled completion would depend on which requests shared its
-batch. Here each request carries its own sampling parameters and its own generator, seeded
-from (seed, sample_index, prompt), and greedy rows are plain argmax. Measured on this 2-core
-CPU (SmolLM2-135M fp32, 16 prompts x 64 greedy tokens, a loaded machine): the engine ran at
-44-48 tokens/s, our static loop at 20-26 in the same process; see `bench/bench_executor.py`
-for the ceiling of our loop on a quiet machine.
+batch (measured: request 0 sampled alone and next to 3 others, same seed, differs). Here
+each request carries its own sampling parameters and its own generator, seeded from
+(seed, sample_index, prompt), and greedy rows are plain argmax. Nor is the engine faster on
+CPU: SmolLM2-135M fp32, 2 cores, greedy, a persistent engine and our static loop
+interleaved in one process (a machine loaded by other jobs, so absolute rates are low):
+16 prompts x 32 tokens, ours 39 tokens/s vs the engine's 32 (per-repeat engine/ours
+0.93, 0.79, 0.73); 8 x 24: 24 vs 22. Greedy rows were identical.
 
 Metrics (read by tests and benchmarks): `batches` / `batch_sizes` count prefills (requests
 admitted together; a static batch is one prefill), `decode_steps` / `decoded_rows` the decode
