@@ -207,6 +207,39 @@ def test_async_timeout_applies_to_awaiting_operators():
     assert time.perf_counter() - start < 2
 
 
+def test_a_hung_operator_is_cut_off_and_cancelled():
+    """An operator that never returns (real code awaiting forever; nothing is queued in any
+    backend, so all of it is the run's own time) times out, and its task is cancelled."""
+    cancelled: list[str] = []
+
+    async def hung(problem: str, instruction: str = "") -> str:
+        try:
+            await asyncio.sleep(1000)
+        except asyncio.CancelledError:
+            cancelled.append(problem)
+            raise
+        return problem
+
+    wf = parse_workflow("async def solve(problem):\n    return await generate(problem)\n")
+    solve = build_solve(wf, {"generate": hung}, time.monotonic() + 0.3)
+    start = time.perf_counter()
+    with pytest.raises(WorkflowTimeout) as err:
+        asyncio.run(call_solve(solve, "timed out", 0.3))
+    assert err.value.category == "timeout" and cancelled == ["timed out"]
+    assert time.perf_counter() - start < 2
+
+    async def abandoned():  # whoever awaits the run gives up: the workflow stops with it
+        run = asyncio.create_task(call_solve(solve, "abandoned", 100))
+        await asyncio.sleep(0.05)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        await asyncio.sleep(0)  # the workflow's task handles its cancellation
+        return list(cancelled)
+
+    assert asyncio.run(abandoned()) == ["timed out", "abandoned"]
+
+
 def test_policy_written_workflows_must_call_an_operator_and_return():
     """The reward hack `make run` showed (a trained policy writing `answer = 0`): code that
     answers without any operator, or returns nothing, is no workflow when the policy wrote it."""

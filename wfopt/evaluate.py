@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from wfopt.errors import InfrastructureError
-from wfopt.llm.base import LLM, SamplingParams
+from wfopt.llm.base import LLM, QueueClock, SamplingParams
 from wfopt.operators import Operators
 from wfopt.stats import wilson_interval
 from wfopt.workflow import (
@@ -99,9 +99,10 @@ async def execute(
     ops = Operators(llm, params, problem, max_calls=max_operator_calls, sample_offset=sample_offset)
     deadline = time.monotonic() + timeout_s
     extra = {"entry_point": getattr(problem, "entry_point", None)}
+    clock = QueueClock()  # the run's queue wait: not part of its time limit
     try:
-        solve = build_solve(wf, ops.bound(), deadline, extra_globals=extra)
-        output = await call_solve(solve, problem.question, timeout_s)
+        solve = build_solve(wf, ops.bound(), deadline, extra_globals=extra, clock=clock)
+        output = await call_solve(solve, problem.question, timeout_s, clock)
     except WorkflowError as err:
         return failed(err.category, str(err), wf.hash, ops.ledger.summary())
 

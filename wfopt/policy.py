@@ -225,9 +225,7 @@ def load_policy_llm(model_cfg: Any, hardware_cfg: Any, checkpoint: Any = None) -
         model.eval(),
         load_tokenizer(model_cfg),
         f"{model_cfg.name}@{checkpoint_id}",
-        max_batch_size=model_cfg.max_batch_size,
-        batch_wait_ms=model_cfg.batch_wait_ms,
-        chat_template=model_cfg.chat_template,
+        **LocalLLM.config_options(model_cfg),
     )
     # the cache keys on the base model's identity (weights, dtype, template) plus the checkpoint
     llm.cache_identity = {

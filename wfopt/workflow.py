@@ -9,13 +9,17 @@ need the executor LLM) only after two passes over its AST:
    underscore names, lambdas, `while`, `try`, `with`, classes, nested functions, `global`.
 2. `_Guard`: rewrites what could allocate or spin without bound into calls of checked
    helpers: `*`, `**`, `+` and `<<`-free arithmetic check sizes before/after, every loop body
-   and comprehension element ticks a step counter that also enforces the wall-clock deadline
-   (a CPU-bound loop never yields to asyncio, so `wait_for` alone could not stop it), every
+   and comprehension element ticks a step counter that also enforces the time limit (a
+   CPU-bound loop never yields to asyncio, so a watchdog alone could not stop it), every
    call result is size-checked, and string methods go through a dispatcher with pre-checks.
 
 Identity: `canonical_source` is the unparsed normalized AST (docstrings dropped, local
 variables renamed in order of first binding), so formatting-only and renaming-only variants
 hash to the same workflow.
+
+Time limit: a run gets `timeout_s` seconds of its own time, the wall clock minus what its LLM
+requests spent queued in the backend behind other runs' work (`wfopt.llm.base.QueueClock`,
+which the local backend runs). Decoding, sandboxed code, and an operator that hangs all count.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wfopt.errors import InfrastructureError
+from wfopt.llm.base import QueueClock, queue_clock
 
 ENTRY = "solve"
 
@@ -384,16 +389,19 @@ def _as_load(target: ast.expr) -> ast.expr:
 class _Limits:
     """Run-time checks called by guarded workflow code; one instance per run."""
 
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
+    def __init__(self, deadline: float, clock: QueueClock | None = None) -> None:
+        self.deadline = deadline  # time.monotonic() at which the run is out of time...
+        self.clock = clock  # ...pushed back by the time its requests spent queued
         self.steps = 0
 
     def tick(self) -> None:
         self.steps += 1
         if self.steps > MAX_STEPS:
             raise LimitExceeded(f"more than {MAX_STEPS} loop steps")
-        if self.steps % 64 == 0 and time.monotonic() > self.deadline:
-            raise WorkflowTimeout("workflow exceeded its time limit inside a loop")
+        if self.steps % 64 == 0:
+            queued = self.clock.seconds() if self.clock is not None else 0.0
+            if time.monotonic() - queued > self.deadline:
+                raise WorkflowTimeout("workflow exceeded its time limit inside a loop")
 
     def tick_value(self, value: Any) -> Any:
         self.tick()
@@ -622,9 +630,11 @@ def build_solve(
     operators: Mapping[str, Callable[..., Awaitable[Any]]],
     deadline: float,
     extra_globals: Mapping[str, Any] | None = None,
+    clock: QueueClock | None = None,
 ) -> Callable[[str], Awaitable[Any]]:
-    """Execute the guarded module in a fresh namespace and return its `solve`."""
-    limits = _Limits(deadline)
+    """Execute the guarded module in a fresh namespace and return its `solve`. Its loops
+    stop at `deadline` (`time.monotonic()`), later by what `clock` counts as queued."""
+    limits = _Limits(deadline, clock)
     namespace: dict[str, Any] = {
         "__builtins__": dict(SAFE_BUILTINS),
         **dict(extra_globals or {}),
@@ -642,17 +652,42 @@ def build_solve(
     return namespace[ENTRY]
 
 
-async def call_solve(solve: Callable[[str], Awaitable[Any]], problem: str, timeout_s: float) -> Any:
-    """Await `solve(problem)` under a wall-clock limit; map the workflow's failures to
-    WorkflowError.
+async def call_solve(
+    solve: Callable[[str], Awaitable[Any]],
+    problem: str,
+    timeout_s: float,
+    clock: QueueClock | None = None,
+) -> Any:
+    """Await `solve(problem)` for at most `timeout_s` seconds of its own time; map the
+    workflow's failures to WorkflowError.
+
+    Its own time is the wall clock minus the seconds its LLM requests waited in a backend's
+    queue, as `clock` (a fresh one if None; the same one `build_solve` got) counts them: the
+    workflow runs as a task that carries the clock in `queue_clock`, and a watchdog cancels
+    it once its own time is up. A run stuck behind others' work is not cut off for it; one
+    whose operator hangs is.
 
     `InfrastructureError` (the executor down after its retries, a cache or sandbox-runner
     fault, a bug inside an operator: see `wfopt.operators`) propagates: scoring wfopt's own
     fault as the workflow's failure would poison results and trajectories with zeros.
     """
+    clock = QueueClock() if clock is None else clock
+    token = queue_clock.set(clock)
     try:
-        return await asyncio.wait_for(solve(problem), timeout=timeout_s)
-    except asyncio.TimeoutError:
+        task = asyncio.ensure_future(solve(problem))  # the task copies the context: the clock
+    finally:
+        queue_clock.reset(token)
+    start = time.monotonic()
+    try:
+        while not task.done():
+            remaining = timeout_s - (time.monotonic() - start - clock.seconds())
+            if remaining <= 0:
+                task.cancel()
+                await asyncio.wait({task})  # let it unwind (its requests leave the backend)
+                raise WorkflowTimeout(f"workflow exceeded {timeout_s:.0f}s")
+            await asyncio.wait({task}, timeout=remaining)  # queue time may have pushed it on
+        return task.result()
+    except asyncio.TimeoutError:  # as `wait_for` reported it before the watchdog
         raise WorkflowTimeout(f"workflow exceeded {timeout_s:.0f}s") from None
     except (WorkflowError, InfrastructureError):
         raise
@@ -662,3 +697,6 @@ async def call_solve(solve: Callable[[str], Awaitable[Any]], problem: str, timeo
         raise LimitExceeded("out of memory") from None
     except Exception as err:  # raised by the workflow's own code: a scored failure, not a crash
         raise WorkflowError(f"{type(err).__name__}: {err}"[:500]) from None
+    finally:  # the caller gave up on us (cancelled): the workflow must not run on unwatched
+        if not task.done():
+            task.cancel()
