@@ -4,13 +4,15 @@ Three measurements in one process (the model is loaded once; the response cache 
 every executor call really generates):
 
 1. Throughput: the same `search_problems` run (same problems, `mcts.iterations`,
-   `mcts.rollouts`, structural-edit proposer, seeds) with `mcts.concurrency=N` (all trees at
-   once, so their executor calls share batches) and with `mcts.concurrency=1` (one tree at a
-   time). Workflow evaluations per minute of each, their ratio (median of per-repeat ratios;
-   the arms alternate order between repeats), generated tokens, mean batch size, process CPU
-   time, and whether both arms grew the same trees (they should: each request's sampling
+   `mcts.rollouts`, proposer, seeds) with `mcts.concurrency=N` (all trees at once, so their
+   executor calls share batches), with `mcts.concurrency=1` (one tree at a time), and with
+   `mcts.concurrency=N mcts.parallel_expansions=K` (K children of each tree in flight).
+   Workflow evaluations per minute of each, the ratios concurrent / one at a time and
+   parallel / concurrent (medians of per-repeat ratios; the arms alternate order between
+   repeats), generated tokens, mean batch size, solved fraction, process CPU time, and
+   whether the first two arms grew the same trees (they should: each request's sampling
    generator depends only on (seed, sample index, prompt), not on its batch; batched float
-   arithmetic can still flip a rare token).
+   arithmetic can still flip a rare token). The parallel arm grows other trees by design.
 2. Dataset scope (AFlow's setting, as `wfopt search mcts.scope=dataset` does it): one tree
    whose rewards are accuracies on validation problems; its best workflow and the seed `io`
    are then scored on test problems with `evaluate_problems`, with 95% Wilson intervals.
@@ -22,12 +24,13 @@ every executor call really generates):
 
     .venv/bin/python -m bench search          # or: .venv/bin/python bench/bench_search.py
     .venv/bin/python bench/bench_search.py --parts throughput --repeats 2
+    BENCH_QUICK=1 .venv/bin/python -m bench search    # throughput only, tiny (~3 min)
 
 Defaults (all flags; ~15-20 min on 2 shared CPU cores): executor max_new_tokens 96 at
 temperature 0.7, 1 torch thread (2 threads on a shared 2-core machine stall at every OpenMP
 barrier: several times slower), `mcts.timeout_s` 900 (the default 120 s is wall clock, queueing
 in the batcher included, so on a slow CPU it would turn load into scored timeouts); throughput
-6 problems x 2 iterations, 3 repeats; dataset scope 20 validation problems, 6 iterations, the
+6 problems x 4 iterations, K = 4, edits proposer, 3 repeats; dataset scope 20 validation problems, 6 iterations, the
 policy (SmolLM2 itself) as proposer, 60 test problems; problem scope 16 problems, 4
 iterations, structural edits as proposer (the policy's proposals, mostly invalid, cost about
 as much again as the executor), 2 held-out runs each.
@@ -76,6 +79,15 @@ from wfopt.search.runner import (  # noqa: E402
     tree_search,
 )
 
+# BENCH_QUICK=1: a smoke run of the throughput arms (~3 min here); flags still override
+QUICK = {
+    "parts": "throughput",
+    "tp_problems": 2,
+    "tp_iterations": 4,
+    "tp_parallel": 4,
+    "repeats": 1,
+    "max_new_tokens": 48,
+}
 HOLDOUT_OFFSET = 1_000_000  # sample offset of the held-out re-runs (search runs use r * 1000)
 DEFAULT_JSON = REPO / "outputs" / "bench" / "search.json"
 
@@ -168,7 +180,12 @@ async def run_search(
 def throughput(args: argparse.Namespace, llm: LocalLLM, dataset: Any, console: Console) -> dict:
     problems = dataset.problems("train")[: args.tp_problems]
     n = len(problems)
-    arms = {"one at a time": 1, "concurrent": n}
+    # arm -> (mcts.concurrency, mcts.parallel_expansions)
+    arms = {
+        "one at a time": (1, 1),
+        "concurrent": (n, 1),
+        "parallel expansions": (n, args.tp_parallel),
+    }
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
     trees: dict[str, dict[str, Any]] = {}
     for repeat in range(args.repeats):
@@ -178,8 +195,9 @@ def throughput(args: argparse.Namespace, llm: LocalLLM, dataset: Any, console: C
                 args,
                 iterations=args.tp_iterations,
                 rollouts=args.tp_rollouts,
-                proposer="edits",
-                concurrency=arms[arm],
+                proposer=args.tp_proposer,
+                concurrency=arms[arm][0],
+                parallel_expansions=arms[arm][1],
             )
             batches = len(llm.batch_sizes)
             cpu = time.process_time()
@@ -205,6 +223,7 @@ def throughput(args: argparse.Namespace, llm: LocalLLM, dataset: Any, console: C
                 "mean_batch": statistics.mean(sizes) if sizes else 0.0,
                 "max_batch": max(sizes, default=0),
                 "evals_per_min": report.stats.evaluations / wall * 60,
+                "solved_fraction": report.metrics()["search/solved_fraction"],
                 "load_avg_1m": os.getloadavg()[0],
             }
             runs[arm].append(run)
@@ -221,23 +240,31 @@ def throughput(args: argparse.Namespace, llm: LocalLLM, dataset: Any, console: C
 
     a, b = trees["one at a time"], trees["concurrent"]
     same = sum(signature(a[pid]) == signature(b[pid]) for pid in a)
-    ratios = [
-        c["evals_per_min"] / s["evals_per_min"]
-        for c, s in zip(runs["concurrent"], runs["one at a time"], strict=True)
-    ]
+
+    def ratios_of(key: str, arm: str, base: str) -> list[float]:
+        pairs = zip(runs[arm], runs[base], strict=True)
+        return [x[key] / y[key] if y[key] else float("nan") for x, y in pairs]
+
+    ratios = ratios_of("evals_per_min", "concurrent", "one at a time")
+    parallel = {
+        key: ratios_of(key, "parallel expansions", "concurrent")
+        for key in ("evals_per_min", "mean_batch")
+    }
     console.print(
         f"\n[bold]throughput[/]: {n} train problems x {args.tp_iterations} iterations x "
-        f"{args.tp_rollouts} rollout(s), edits proposer, response cache off, max_new_tokens "
-        f"{args.max_new_tokens}, {torch.get_num_threads()} torch thread(s); "
+        f"{args.tp_rollouts} rollout(s), {args.tp_proposer} proposer, response cache off, "
+        f"max_new_tokens {args.max_new_tokens}, {torch.get_num_threads()} torch thread(s); "
         f"median of {args.repeats} repeat(s)"
     )
     table = Table(title="search throughput: concurrent trees vs one tree at a time")
     columns = (
         "mode",
         "mcts.concurrency",
+        "parallel_expansions",
         "median wall s",
         "evals",
         "evals/min",
+        "solved",
         "LLM calls",
         "gen tokens",
         "gen tok/s",
@@ -248,17 +275,20 @@ def throughput(args: argparse.Namespace, llm: LocalLLM, dataset: Any, console: C
     for column in columns:
         table.add_column(column, justify="right")
     summary: dict[str, Any] = {}
-    for arm, concurrency in arms.items():
+    for arm, (concurrency, k) in arms.items():
         rs = runs[arm]
         wall = statistics.median(r["wall_s"] for r in rs)
-        med = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
-        summary[arm] = {"concurrency": concurrency, "median": med, "runs": rs}
+        med = {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+        summary[arm] = {"concurrency": concurrency, "parallel_expansions": k, "median": med}
+        summary[arm]["runs"] = rs
         table.add_row(
             arm,
             str(concurrency),
+            str(k),
             f"{wall:.1f}",
             f"{med['evaluations']:g}",
             f"{med['evals_per_min']:.2f}",
+            f"{med['solved_fraction']:.2f}",
             f"{med['llm_calls']:g}",
             f"{med['completion_tokens']:g}",
             f"{statistics.median(r['completion_tokens'] / r['wall_s'] for r in rs):.1f}",
@@ -273,11 +303,26 @@ def throughput(args: argparse.Namespace, llm: LocalLLM, dataset: Any, console: C
         f"ratios {', '.join(f'{r:.2f}' for r in ratios)}); identical trees in both arms "
         f"(hashes and scores, first repeat): {same}/{n}"
     )
+    k = args.tp_parallel
+    console.print(
+        f"parallel expansions ({k} in flight per tree) vs concurrent (1 in flight): "
+        + ", ".join(
+            f"{label} {statistics.median(parallel[key]):.2f}x ("
+            + ", ".join(f"{r:.2f}" for r in parallel[key])
+            + ")"
+            for label, key in (("evaluations/min", "evals_per_min"), ("mean batch", "mean_batch"))
+        )
+        + "; solved fraction "
+        + f"{summary['parallel expansions']['median']['solved_fraction']:.2f} vs "
+        + f"{summary['concurrent']['median']['solved_fraction']:.2f} (median of per-repeat "
+        "ratios; same problems, budget and seeds; the trees differ by design)"
+    )
     return {
         "problems": [p.id for p in problems],
         "arms": summary,
         "ratio_evals_per_min": ratio,
         "ratios": ratios,
+        "parallel_ratios": parallel,
         "identical_trees": same,
         "trees_compared": n,
         "trees": {pid: [node_summary(x) for x in t["nodes"]] for pid, t in b.items()},
@@ -607,9 +652,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--temperature", type=float, default=0.7, help="executor sampling temperature")
     add("--timeout-s", type=float, default=900.0, help="mcts.timeout_s per workflow run")
     add("--tp-problems", type=int, default=6, help="throughput: problems (= concurrency)")
-    add("--tp-iterations", type=int, default=2, help="throughput: mcts.iterations")
+    add("--tp-iterations", type=int, default=4, help="throughput: mcts.iterations")
     add("--tp-rollouts", type=int, default=1, help="throughput: mcts.rollouts")
-    add("--repeats", type=int, default=3, help="throughput: repeats of both arms")
+    add("--tp-parallel", type=int, default=4, help="throughput: the parallel arm's k")
+    add("--tp-proposer", default="edits", choices=("policy", "edits"), help="throughput")
+    add("--repeats", type=int, default=3, help="throughput: repeats of every arm")
     add("--val-problems", type=int, default=20, help="dataset scope: validation problems")
     add("--ds-iterations", type=int, default=6, help="dataset scope: mcts.iterations")
     add("--ds-proposer", default="policy", choices=("policy", "edits"))
@@ -625,6 +672,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add("--holdout-runs", type=int, default=2, help="problem scope: fresh re-runs per workflow")
     add("--json", type=Path, default=DEFAULT_JSON, help="where to write the results")
+    if os.environ.get("BENCH_QUICK") == "1":
+        parser.set_defaults(**QUICK)
     return parser.parse_args(argv if argv is not None else [])
 
 

@@ -191,6 +191,121 @@ def grow(policy, evaluator, seed="io", policy_samples=0, **cfg):
     return search
 
 
+# ------------------------------------------------------- one expansion at a time, and several
+
+GOLDEN = Path(__file__).parent / "data" / "mcts_sequential_trees.json"
+# proposals for the recorded runs: new workflows, a reformatted seed (duplicate), invalid code
+SCRIPT = [
+    "async def solve(problem):\n    return await programmer(problem)",
+    "async def solve(q):\n    return await generate(q)",
+    "def solve(problem): return 4",
+    "async def solve(problem):\n    a = await answer_generate(problem)\n    return a",
+    "async def solve(problem):\n    x = await generate(problem, 'Be brief.')\n    return x",
+    "print('hi')",
+    "async def solve(problem):\n    d = [await generate(problem) for _ in range(3)]\n"
+    "    return await ensemble(problem, d)",
+]
+# name -> (proposer?, policy_samples, mcts overrides); early stop off so the trees grow
+GOLDEN_RUNS = {
+    "uct-edits": (False, 0, {"iterations": 10, "max_children": 3}),
+    "aflow-edits": (False, 0, {"iterations": 10, "max_children": 2, "selection": "aflow"}),
+    "uct-policy": (True, 2, {"iterations": 8, "max_children": 3, "max_invalid_retries": 1}),
+    "aflow-policy": (
+        True,
+        3,
+        {"iterations": 8, "max_children": 2, "selection": "aflow", "max_invalid_retries": 2},
+    ),
+    "uct-cost": (True, 0, {"iterations": 6, "max_children": 2, "cost_weight": 0.5}),
+}
+
+
+def hash_score(workflow) -> float:
+    """0, 0.5 or 1, fixed by the workflow's canonical hash."""
+    return int(workflow.hash[:8], 16) % 3 / 2
+
+
+class TimedEvaluator(CountingEvaluator):
+    """CountingEvaluator that takes a hash-dependent while (so evaluations in flight overlap
+    and finish out of order) and records how many were in flight at most."""
+
+    def __init__(self, score=hash_score, delay_s=0.0, reverse=False) -> None:
+        super().__init__(score)
+        self.delay_s = delay_s
+        self.reverse = reverse  # the slow ones fast and the fast ones slow
+        self.running = self.peak = 0
+
+    async def __call__(self, workflow):
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        steps = int(workflow.hash[-4:], 16) % 7
+        try:
+            await asyncio.sleep(self.delay_s * (6 - steps if self.reverse else steps))
+            return await super().__call__(workflow)
+        finally:
+            self.running -= 1
+
+
+def tree_signature(search) -> dict:
+    """Everything the search decided, in order: nodes, their statistics, stats, extras."""
+    keys = ("hash", "parent", "origin", "reward", "visits", "value_sum", "proposals")
+    return {
+        "nodes": [[getattr(n, k) for k in keys] + [n.exhausted] for n in search.tree.nodes],
+        "stats": dict(search.stats.__dict__),
+        "extras": [[e.origin, e.node, e.sample.code] for e in search.extra_samples],
+    }
+
+
+def golden_search(name: str, parallel: int | None = None, evaluator=None):
+    """One of GOLDEN_RUNS (`parallel`: mcts.parallel_expansions, None: the key left out, as
+    code without it needs)."""
+    uses_policy, samples, overrides = GOLDEN_RUNS[name]
+    overrides = {**overrides, "early_stop_perfect": False}
+    if parallel is not None:
+        overrides["parallel_expansions"] = parallel
+    policy = ScriptedPolicy(SCRIPT) if uses_policy else None
+    evaluator = evaluator or CountingEvaluator(hash_score)
+    return grow(policy, evaluator, policy_samples=samples, **overrides)
+
+
+def golden_trees() -> dict:
+    """The signatures of GOLDEN_RUNS; tests/data/mcts_sequential_trees.json holds them as
+    the code before parallel expansions (commit bb8f361) grew them: `cd tests &&
+    PYTHONPATH=<that checkout>:. python -c 'import json, test_search as t;
+    print(json.dumps(t.golden_trees()))'`."""
+    return {name: tree_signature(golden_search(name)) for name in GOLDEN_RUNS}
+
+
+def test_one_expansion_at_a_time_grows_the_recorded_trees():
+    recorded = json.loads(GOLDEN.read_text())
+    assert set(recorded) == set(GOLDEN_RUNS)
+    for name in GOLDEN_RUNS:
+        assert tree_signature(golden_search(name, parallel=1)) == recorded[name], name
+
+
+@pytest.mark.parametrize("name", list(GOLDEN_RUNS))
+def test_parallel_expansions_evaluate_each_workflow_once_and_spend_the_budget(name):
+    evaluator = TimedEvaluator(delay_s=0.002)
+    search = golden_search(name, parallel=4, evaluator=evaluator)
+    iterations = GOLDEN_RUNS[name][2]["iterations"]
+    assert len(evaluator.hashes) == len(set(evaluator.hashes)) == len(search.tree)
+    assert search.stats.evaluations == iterations + 1  # the seed is not counted
+    assert 2 <= evaluator.peak <= 4 + GOLDEN_RUNS[name][1]  # policy samples: all at once
+    for node in search.tree.nodes:  # all in-flight bookkeeping undone
+        assert (node.pending, node.expanding) == (0, 0) and node.visits >= 1
+        assert len(node.children) <= GOLDEN_RUNS[name][2]["max_children"]
+    root = search.tree.root
+    assert root.visits == len(search.tree)  # every evaluation backed up to the root once
+
+
+@pytest.mark.parametrize("name", list(GOLDEN_RUNS))
+def test_parallel_trees_do_not_depend_on_which_evaluation_finishes_first(name):
+    fast_first, slow_first = (
+        golden_search(name, parallel=3, evaluator=TimedEvaluator(delay_s=0.003, reverse=r))
+        for r in (False, True)
+    )
+    assert tree_signature(fast_first) == tree_signature(slow_first)
+
+
 def test_formatting_variants_are_one_node_and_nothing_runs_twice():
     variants = [
         "async def solve(problem):\n    return await generate(problem)",
@@ -373,6 +488,106 @@ def test_concurrent_trees_batch_their_executor_calls(embedded_llm, tmp_path):
     )
 
 
+@pytest.fixture
+def one_torch_thread():
+    """What `wfopt` would pick on these shared 2 cores (runtime.torch_threads): a full pool
+    stalls at every OpenMP barrier while other processes hold the cores (several-fold)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _real_search(llm, parallel: int, evaluations: list[str] | None = None):
+    """A tree for one arithmetic problem, the embedded model as executor and policy (no
+    cache: every call generates); `evaluations` collects the hash of every evaluation."""
+    from wfopt.config import DatasetConfig
+    from wfopt.datasets import load_dataset
+    from wfopt.llm.base import SamplingParams
+    from wfopt.search.mcts import PolicyProposer
+    from wfopt.search.runner import tree_search
+
+    dataset = load_dataset(OmegaConf.structured(DatasetConfig(num_problems=50)))
+    problem = dataset.problems("train")[0]
+    m = mcts(
+        iterations=3,
+        rollouts=1,
+        max_invalid_retries=1,
+        early_stop_perfect=False,
+        parallel_expansions=parallel,
+    )
+    proposer = PolicyProposer(llm, SamplingParams(1.0, 0.95, max_new_tokens=32, seed=3))
+    params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=24, seed=0)
+    search = tree_search(m, problem.question, [problem], dataset, llm, params, proposer)
+    if evaluations is not None:
+        inner = search.evaluate
+
+        async def recording(workflow):
+            evaluations.append(workflow.hash)
+            return await inner(workflow)
+
+        search.evaluate = recording
+    return search
+
+
+async def _reference_run(search, seed_source: str, policy_samples: int) -> None:
+    """The search loop as it was before parallel expansions (bb8f361): one child at a time,
+    UCT without virtual visits."""
+    seed = parse_workflow(seed_source)
+    root = search.tree.add(seed.hash, seed.source, None, "seed")
+    await search._evaluate(root, seed)
+    children = await search._sample_children(root, policy_samples)
+    await asyncio.gather(*(search._evaluate(node, wf) for node, wf in children))
+    evaluated = len(children)
+    while evaluated < search.cfg.iterations and not search._done():
+        node = _reference_select(search)
+        if node is None:
+            break
+        child = await search.expand(node)
+        if child is None:
+            node.exhausted = True
+            continue
+        await search._evaluate(*child)
+        evaluated += 1
+
+
+def _reference_select(search):
+    tree, cfg = search.tree, search.cfg
+    node = tree.root
+    while node.exhausted or len(node.children) >= cfg.max_children:
+        children = [tree.nodes[c] for c in node.children]
+        children = [c for c in children if tree.is_open(c, cfg.max_children)]
+        if not children:
+            return None
+        values, visits = [c.value for c in children], [c.visits for c in children]
+        i = uct_choice(values, visits, node.visits, cfg.exploration)
+        node = children[i]
+    return node
+
+
+def test_real_model_one_expansion_at_a_time_is_the_old_loop(embedded_llm, one_torch_thread):
+    new, old = _real_search(embedded_llm, 1), _real_search(embedded_llm, 1)
+    asyncio.run(new.run(load_baseline("io"), policy_samples=2))
+    asyncio.run(_reference_run(old, load_baseline("io"), 2))
+    assert tree_signature(new) == tree_signature(old)
+    assert new.stats.evaluations == 1 + 3
+
+
+def test_real_model_parallel_expansions_batch_and_never_repeat(embedded_llm, one_torch_thread):
+    from wfopt.llm import batch_sizes
+
+    evaluations: list[str] = []
+    search = _real_search(embedded_llm, 3, evaluations)
+    before = len(batch_sizes(embedded_llm))
+    asyncio.run(search.run(load_baseline("io"), policy_samples=2))
+    assert len(evaluations) == len(set(evaluations)) == len(search.tree) == 1 + 3
+    # the root's evaluation and the policy's samples share batches; so do the tries of one
+    # expansion, and proposals and evaluations of the children in flight
+    assert max(batch_sizes(embedded_llm)[before:]) >= 3
+
+
 def _search_args(cache: Path, limit: int) -> list[str]:
     return [
         "search",
@@ -405,10 +620,12 @@ def test_search_cli_end_to_end_deterministic_resumable_and_trainable(cli, tmp_pa
     assert len(list((first / "trees").glob("*.json"))) == 2
     metrics = [json.loads(line) for line in (first / "metrics.jsonl").read_text().splitlines()]
     assert "search/invalid_proposal_rate" in metrics[-1]["summary"]
+    assert metrics[-1]["summary"]["search/executor_batch_mean"] >= 1  # the first run generates
 
     # resume the first run with a bigger budget: only the new problem is searched
     before = (first / "trajectories.jsonl").read_text()
-    cli(*_search_args(cache, 3), f"resume={first}", f"hydra.run.dir={tmp_path / 'run3'}")
+    resumed = [f"resume={first}", "mcts.parallel_expansions=2"]  # (the key, end to end)
+    cli(*_search_args(cache, 3), *resumed, f"hydra.run.dir={tmp_path / 'run3'}")
     after = (first / "trajectories.jsonl").read_text()
     assert after.startswith(before) and len(after.splitlines()) == 3
 

@@ -231,6 +231,9 @@ def keys(
 
 
 def main() -> None:
+    from wfopt.runtime import passive_openmp
+
+    passive_openmp()  # before torch loads (see there)
     app()
 
 

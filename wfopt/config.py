@@ -368,6 +368,11 @@ class MCTSConfig:
         600.0, "seconds per workflow run (time queued in the local executor not counted)"
     )
     concurrency: int = knob(8, "problems searched at once (their LLM calls batch together)")
+    parallel_expansions: int = knob(
+        1,
+        "children of one tree selected, proposed and evaluated at once (virtual loss keeps "
+        "selection off paths in flight); 1 = one at a time, the tree of earlier versions",
+    )
     val_problems: int | None = knob(20, "dataset scope: validation problems scoring each workflow")
 
 
@@ -459,7 +464,11 @@ class HardwareConfig:
     distributed: Distributed = knob(
         Distributed.no, "no | ddp | fsdp | deepspeed (must match the accelerate config)"
     )
-    num_threads: int | None = knob(None, "torch intra-op threads (null = torch default)")
+    num_threads: int | None = knob(
+        None,
+        "torch intra-op threads (null: this job's share of the CPUs, e.g. CPUs / "
+        "hydra.launcher.n_jobs in a joblib sweep; logged at startup)",
+    )
     accelerate_config: str | None = knob(
         None,
         "`wfopt loop` trains under `accelerate launch` with this file (null: conf/accelerate/<mode>)",

@@ -359,6 +359,7 @@ class Loop:
         import sys
 
         from wfopt.cli import config_dir
+        from wfopt.runtime import threads_per_process
 
         hw = self.cfg.hardware
         train_dir = self.run_dir / "episodes" / f"{episode:03d}" / "train"
@@ -394,7 +395,8 @@ class Loop:
             "--main_process_port", str(_free_port()),
             "-m", "wfopt.grpo.launch", str(job_file),
         ]  # fmt: skip
-        env = {**os.environ, "OMP_NUM_THREADS": str(hw.num_threads or 1)}
+        threads = hw.num_threads or threads_per_process(hw.num_processes)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         log.info(
             "episode %d: training on %d processes (%s)", episode, hw.num_processes, hw.distributed
         )

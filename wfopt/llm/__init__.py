@@ -21,6 +21,7 @@ __all__ = [
     "LLMError",
     "Message",
     "SamplingParams",
+    "batch_sizes",
     "build_executor",
     "executor_metrics",
     "sampling_params",
@@ -50,6 +51,14 @@ def executor_metrics(llm: LLM) -> dict[str, int]:
     if not isinstance(requests, int) or not isinstance(retries, int):
         return {}
     return {"executor/requests": requests, "executor/retries": retries}
+
+
+def batch_sizes(llm: LLM) -> list[int] | None:
+    """The sizes of the batches a batching backend (local) has decoded so far, in order, also
+    behind the cache; None for one that does not batch (openai). Search metrics read the
+    backend's record only through this function."""
+    sizes = getattr(llm, "batch_sizes", None)
+    return sizes if isinstance(sizes, list) else None
 
 
 def build_executor(

@@ -18,13 +18,27 @@ edit (edits.py) when the policy gives nothing new, evaluates the child once and 
 reward up the path. A canonical workflow is never evaluated twice: duplicates are rejected
 before evaluation. The tree stops growing after `mcts.iterations` evaluated children, when no
 node can be expanded, or (`mcts.early_stop_perfect`) once it holds a perfect workflow.
+
+`mcts.parallel_expansions` = k keeps up to k of those iterations in flight per tree, so their
+proposals and executor calls share batches. A slot opens when a child's evaluation is backed
+up (or its expansion gave nothing) and is refilled by a fresh selection, which sees every
+evaluation still running as a visit at the lowest reward (virtual loss, selection.py) and
+never picks a node not evaluated yet or whose child slots are all taken by expansions in
+flight. A child enters `tree.by_hash` the moment it is proposed, before its evaluation
+starts, so a parallel proposal of the same workflow is a duplicate. The budget counts
+evaluations in flight, so exactly `mcts.iterations` children are evaluated; on early stop the
+ones running finish. With k > 1 the policy's samples are drawn while the root is evaluated.
+Proposals are accepted, and results backed up, in launch order (a finished evaluation waits
+for the ones launched before it), so the tree does not depend on timing: the response cache
+reproduces it. k = 1 is the sequential search, tree for tree
+(tests/data/mcts_sequential_trees.json).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +47,7 @@ from wfopt.evaluate import Record, execute
 from wfopt.llm.base import LLM, SamplingParams
 from wfopt.policy import Parent, PolicySample, sample_policy
 from wfopt.search.edits import propose_edit
-from wfopt.search.selection import aflow_choice, uct_choice
+from wfopt.search.selection import aflow_choice, uct_choice, virtual_mean
 from wfopt.search.tree import Node, Tree
 from wfopt.workflow import InvalidWorkflow, Workflow, parse_policy_workflow, parse_workflow
 
@@ -182,6 +196,25 @@ class ExtraSample:
 
 
 @dataclass
+class Proposal:
+    """The policy's tries for one expansion: sample indices first..end-1."""
+
+    first: int
+    end: int
+    samples: list[PolicySample]
+
+
+@dataclass
+class Outcome:
+    """A finished expansion, to be committed: its `child` with its `evaluation`, or no
+    child of `parent` could be made."""
+
+    parent: Node | None
+    child: Node | None
+    evaluation: Evaluation | None = None
+
+
+@dataclass
 class TreeSearch:
     """Grows one tree. `cfg` is an `MCTSConfig`; `task` is the text the policy sees."""
 
@@ -196,25 +229,115 @@ class TreeSearch:
     stats: SearchStats = field(default_factory=SearchStats)
     # the policy's samples that made no node: invalid ones and duplicates (see ExtraSample)
     extra_samples: list[ExtraSample] = field(default_factory=list)
+    # done once the expansion launched last has accepted its child (launch-order acceptance)
+    _turn: asyncio.Future[None] | None = field(default=None, repr=False)
 
     async def run(self, seed_source: str, policy_samples: int = 0) -> Tree:
         seed = parse_workflow(seed_source)
         root = self.tree.add(seed.hash, seed.source, None, "seed")
+        children = await self._start(root, seed, policy_samples)
+        await self._grow(children)
+        return self.tree
+
+    def _parallel(self) -> int:
+        return max(1, int(self.cfg.parallel_expansions))
+
+    async def _start(self, root: Node, seed: Workflow, k: int) -> list[tuple[Node, Workflow]]:
+        """Evaluate the root; add `k` policy samples as its first children (not yet evaluated)."""
+        if not k or self.proposer is None:
+            await self._evaluate(root, seed)
+            return []
+        if self._parallel() > 1:  # the samples do not need the root's score: one batch
+            _, children = await asyncio.gather(
+                self._evaluate(root, seed), self._sample_children(root, k)
+            )
+            return children
         await self._evaluate(root, seed)
+        return await self._sample_children(root, k)
+
+    async def _grow(self, initial: list[tuple[Node, Workflow]]) -> None:
+        """Evaluate `initial` (all at once), then select, expand and evaluate with up to
+        `mcts.parallel_expansions` children in flight, until `mcts.iterations` children
+        (`initial` included) are evaluated, nothing is left to expand, or the tree is done.
+
+        Proposals are accepted (and edits drawn) in launch order, before the next selection;
+        results are committed (backed up, or the parent marked exhausted) in launch order. So
+        the tree does not depend on which call happens to finish first: a rerun from the
+        response cache grows the same tree. In-flight work always finishes: a started child
+        is never left unevaluated."""
+        queue: deque[asyncio.Future[Outcome]] = deque()
+        self._turn = None
+        for node, workflow in initial:
+            self.tree.hold(node, 1)
+            queue.append(asyncio.ensure_future(self._evaluated(node, workflow)))
         evaluated = 0
-        if policy_samples and self.proposer is not None:
-            evaluated += await self._policy_samples(root, policy_samples)
-        while evaluated < self.cfg.iterations and not self._done():
+        try:
+            while True:
+                if self._turn is not None:  # selection sees every child launched so far
+                    await self._turn
+                self._launch(queue, evaluated)
+                if not queue:
+                    break
+                outcome = await queue[0]
+                queue.popleft()
+                evaluated += self._commit(outcome)
+        finally:  # an error in one task: stop the others
+            for task in queue:
+                task.cancel()
+            await asyncio.gather(*queue, return_exceptions=True)
+
+    def _launch(self, queue: deque[asyncio.Future[Outcome]], evaluated: int) -> None:
+        """Start expansions while a slot, budget and an expandable node are left; the budget
+        counts those in flight, so exactly `mcts.iterations` children get evaluated."""
+        while (
+            len(queue) < self._parallel()
+            and evaluated + len(queue) < self.cfg.iterations
+            and not self._done()
+        ):
             node = self.select()
             if node is None:
-                break  # every node is exhausted or full
-            child = await self.expand(node)
-            if child is None:
-                node.exhausted = True
-                continue
-            await self._evaluate(*child)
-            evaluated += 1
-        return self.tree
+                return  # all exhausted, or everything open is in flight: wait for it
+            node.expanding += 1  # a child slot of `node`, until its child exists
+            self.tree.hold(node, 1)
+            turn, self._turn = self._turn, asyncio.get_running_loop().create_future()
+            queue.append(asyncio.ensure_future(self._expand_child(node, turn, self._turn)))
+
+    async def _expand_child(
+        self, node: Node, turn: asyncio.Future[None] | None, mine: asyncio.Future[None]
+    ) -> Outcome:
+        """Propose a child of `node` (concurrently), accept it once the expansions launched
+        before have accepted theirs (`turn`), then evaluate it."""
+        try:
+            proposal = await self._propose(node)
+            if turn is not None:
+                await turn
+            child = self._choose(node, proposal)
+        finally:
+            if not mine.done():
+                mine.set_result(None)
+        if child is None:
+            return Outcome(node, None)
+        node.expanding -= 1  # the slot is the child's now (so selection sees no change)
+        self.tree.hold(node, -1)
+        self.tree.hold(child[0], 1)
+        return await self._evaluated(*child)
+
+    async def _evaluated(self, node: Node, workflow: Workflow) -> Outcome:
+        return Outcome(None, node, await self.evaluate(workflow))
+
+    def _commit(self, outcome: Outcome) -> int:
+        """Apply one finished expansion: 1 when a child was evaluated (backed up), 0 when
+        none could be made (its parent is exhausted)."""
+        if outcome.child is None:
+            assert outcome.parent is not None
+            outcome.parent.expanding -= 1
+            self.tree.hold(outcome.parent, -1)
+            outcome.parent.exhausted = True
+            return 0
+        assert outcome.evaluation is not None
+        self.tree.hold(outcome.child, -1)
+        self._record(outcome.child, outcome.evaluation)
+        return 1
 
     def _done(self) -> bool:
         best = self.tree.best()
@@ -223,28 +346,48 @@ class TreeSearch:
     # -- selection ---------------------------------------------------------------------------
 
     def _expandable(self, node: Node) -> bool:
-        return not node.exhausted and len(node.children) < self.cfg.max_children
+        """Evaluated (a node gets its first visit from its own evaluation: its score and notes
+        go into the proposal prompt), not exhausted, and a child slot not reserved."""
+        free = len(node.children) + node.expanding < self.cfg.max_children
+        return node.visits > 0 and not node.exhausted and free
+
+    def _open(self, node: Node) -> bool:
+        """Can `node` or anything below it be expanded now?"""
+        nodes = self.tree.nodes
+        return self._expandable(node) or any(self._open(nodes[c]) for c in node.children)
+
+    def _floor(self) -> float:
+        """The lowest reward a workflow can get: what an in-flight evaluation counts as."""
+        return min(0.0, -float(self.cfg.cost_weight))
+
+    def _in_flight_below(self, node: Node) -> int:
+        """Children of `node` being proposed or evaluated (a child's first visit is its own)."""
+        waiting = sum(1 for c in node.children if self.tree.nodes[c].visits == 0)
+        return node.expanding + waiting
 
     def select(self) -> Node | None:
-        """The node to expand next, or None when the whole tree is exhausted."""
+        """The node to expand next, or None when nothing can be expanded now (the whole tree
+        is exhausted, or every open node waits for an evaluation in flight)."""
         nodes = self.tree.nodes
+        floor = self._floor()
         if self.cfg.selection == "aflow":
             candidates = [n for n in nodes if self._expandable(n)]
             if not candidates:
                 return None
-            scores = [n.reward for n in candidates]
+            scores = [
+                virtual_mean(n.reward, 1, self._in_flight_below(n), floor) for n in candidates
+            ]
             i = aflow_choice(scores, self.cfg.aflow_lambda, self.cfg.aflow_alpha, self.rng)
             return candidates[i]
         node = self.tree.root
         while not self._expandable(node):
-            children = [nodes[c] for c in node.children]
-            children = [c for c in children if self.tree.is_open(c, self.cfg.max_children)]
+            children = [nodes[c] for c in node.children if self._open(nodes[c])]
             if not children:
                 return None
             i = uct_choice(
-                [c.value for c in children],
-                [c.visits for c in children],
-                node.visits,
+                [virtual_mean(c.value_sum, c.visits, c.pending, floor) for c in children],
+                [c.visits + c.pending for c in children],
+                node.visits + node.pending,
                 self.cfg.exploration,
             )
             node = children[i]
@@ -277,24 +420,36 @@ class TreeSearch:
 
     async def expand(self, node: Node) -> tuple[Node, Workflow] | None:
         """A new child of `node`: the policy's first usable proposal, else a structural edit."""
-        if self.proposer is not None:
-            # all tries are sampled at once (they batch); the first usable one in index order
-            # wins, exactly as if they had been tried one after another
-            first = node.proposals
-            tries = 1 + max(0, int(self.cfg.max_invalid_retries))
-            parent = Parent(node.source, node.score, node.notes)
-            samples = await asyncio.gather(
-                *(self.proposer.sample(self.task, parent, first + i) for i in range(tries))
-            )
-            # samples after the accepted one are dropped unseen (by index, not by content)
-            for i, sample in enumerate(samples):
-                self.stats.proposals += 1
-                workflow = self._accept(sample, "policy")
-                if workflow is not None:
-                    node.proposals = first + i + 1
-                    self.stats.policy_children += 1
-                    return self._add_sample_node(workflow, sample, node, "policy"), workflow
-            node.proposals = first + tries
+        return self._choose(node, await self._propose(node))
+
+    async def _propose(self, node: Node) -> Proposal:
+        """The policy's tries for a child of `node`, sampled at once (they batch); none
+        without a policy. Their sample indices are reserved before the first await, so a
+        parallel expansion of the same node samples others."""
+        if self.proposer is None:
+            return Proposal(0, 0, [])
+        first = node.proposals
+        tries = 1 + max(0, int(self.cfg.max_invalid_retries))
+        node.proposals = first + tries
+        parent = Parent(node.source, node.score, node.notes)
+        samples = await asyncio.gather(
+            *(self.proposer.sample(self.task, parent, first + i) for i in range(tries))
+        )
+        return Proposal(first, first + tries, list(samples))
+
+    def _choose(self, node: Node, proposal: Proposal) -> tuple[Node, Workflow] | None:
+        """The first usable try in index order, exactly as if they had been tried one after
+        another, added to the tree; else a structural edit; None when neither is new."""
+        # samples after the accepted one are dropped unseen (by index, not by content), and
+        # their indices reused unless a parallel expansion reserved indices after them
+        for i, sample in enumerate(proposal.samples):
+            self.stats.proposals += 1
+            workflow = self._accept(sample, "policy")
+            if workflow is not None:
+                if node.proposals == proposal.end:
+                    node.proposals = proposal.first + i + 1
+                self.stats.policy_children += 1
+                return self._add_sample_node(workflow, sample, node, "policy"), workflow
         edit = propose_edit(node.source, set(self.tree.by_hash), self.rng, self.code_task)
         if edit is None:
             return None
@@ -302,9 +457,10 @@ class TreeSearch:
         self.stats.edits += 1
         return self.tree.add(workflow.hash, workflow.source, node, f"edit:{kind}"), workflow
 
-    async def _policy_samples(self, root: Node, k: int) -> int:
-        """The policy's own workflows for the task (training prompt), as the root's first
-        children: the loop's feedback from policy to search. Returns how many were added."""
+    async def _sample_children(self, root: Node, k: int) -> list[tuple[Node, Workflow]]:
+        """The policy's own workflows for the task (training prompt), sampled together, as the
+        root's first children (still to be evaluated): the loop's feedback from policy to
+        search."""
         assert self.proposer is not None
         samples = await asyncio.gather(
             *(self.proposer.sample(self.task, None, i) for i in range(k))
@@ -317,13 +473,15 @@ class TreeSearch:
                 node = self._add_sample_node(workflow, sample, root, "policy_sample")
                 children.append((node, workflow))
         self.stats.policy_children += len(children)
-        await asyncio.gather(*(self._evaluate(node, wf) for node, wf in children))
-        return len(children)
+        return children
 
     # -- evaluation and backpropagation --------------------------------------------------------
 
     async def _evaluate(self, node: Node, workflow: Workflow) -> None:
-        evaluation = await self.evaluate(workflow)
+        self._record(node, await self.evaluate(workflow))
+
+    def _record(self, node: Node, evaluation: Evaluation) -> None:
+        """Store `node`'s evaluation and back its reward up the path."""
         records = evaluation.records
         node.scores = evaluation.scores
         node.score = sum(node.scores) / len(node.scores) if node.scores else 0.0

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from wfopt.errors import InfrastructureError
 from wfopt.evaluate import progress_bar, wilson_interval
+from wfopt.llm import batch_sizes
 from wfopt.llm.base import SamplingParams
 from wfopt.runtime import check_writable, run_dir_error, write_atomic
 from wfopt.search.mcts import (
@@ -140,6 +141,16 @@ def safe_name(problem_id: Any) -> str:
 # ------------------------------------------------------------------------------ summaries
 
 
+def mean_batch(sizes: list[int]) -> float:
+    return sum(sizes) / len(sizes) if sizes else 0.0
+
+
+def batches_since(llm: Any, start: int) -> list[int] | None:
+    """The executor's batch sizes from index `start` on (None: it does not batch)."""
+    sizes = batch_sizes(llm)
+    return None if sizes is None else sizes[start:]
+
+
 @dataclass
 class SearchReport:
     """What a problem-scope search did, for the console, metrics and the loop."""
@@ -156,6 +167,8 @@ class SearchReport:
     tokens: int = 0
     cost_usd: float | None = 0.0
     wall_time_s: float = 0.0
+    # the executor's batches during the search (llm.batch_sizes); None: it does not batch
+    batch_sizes: list[int] | None = None
     # per problem: (id, seed score, best score, best reward, workflows, best node's origin)
     per_problem: list[tuple[str, float, float, float, int, str]] = field(default_factory=list)
 
@@ -214,6 +227,9 @@ class SearchReport:
         }
         if self.cost_usd is not None:
             metrics["search/cost_usd"] = self.cost_usd
+        if self.batch_sizes:
+            metrics["search/executor_batches"] = len(self.batch_sizes)
+            metrics["search/executor_batch_mean"] = mean_batch(self.batch_sizes)
         for name, count in self.operators.items():
             metrics[f"search/operator_use/{name}"] = count / n
         return metrics
@@ -252,6 +268,11 @@ class SearchReport:
         )
         table.add_row("evaluations (runs)", f"{self.stats.evaluations} ({self.stats.runs})")
         table.add_row("LLM calls / tokens", f"{self.llm_calls} / {self.tokens}")
+        if self.batch_sizes:
+            table.add_row(
+                "executor batches (mean size)",
+                f"{len(self.batch_sizes)} ({m['search/executor_batch_mean']:.1f})",
+            )
         cost = "unknown" if self.cost_usd is None else f"${self.cost_usd:.4f}"
         table.add_row("cost", cost)
         table.add_row(
@@ -280,7 +301,7 @@ def check_mcts_config(m: Any) -> None:
     for key in ("iterations", "max_invalid_retries", "policy_samples"):
         if m[key] < 0:
             problems.append(f"mcts.{key}={m[key]} (must be >= 0)")
-    for key in ("max_children", "rollouts", "concurrency"):
+    for key in ("max_children", "rollouts", "concurrency", "parallel_expansions"):
         if m[key] < 1:
             problems.append(f"mcts.{key}={m[key]} (must be >= 1)")
     if not 0 <= m.aflow_lambda <= 1:
@@ -320,7 +341,8 @@ def tree_search(
             rollouts=m.rollouts,
             max_operator_calls=m.max_operator_calls,
             timeout_s=m.timeout_s,
-            concurrency=min(len(problems), m.concurrency) * m.rollouts,
+            # every run of the evaluations a tree has in flight at once
+            concurrency=min(len(problems), m.concurrency) * m.rollouts * m.parallel_expansions,
         ),
         cfg=m,
         proposer=proposer,
@@ -357,6 +379,7 @@ async def search_problems(
     if trees_dir is not None:
         trees_dir.mkdir(parents=True, exist_ok=True)
     progress = progress_bar("solved {task.fields[solved]}", show_progress)
+    first_batch = len(batch_sizes(executor) or [])
     start = time.perf_counter()
 
     async def one(problem: Any, out: Any) -> None:
@@ -402,6 +425,7 @@ async def search_problems(
         )
         await asyncio.gather(*(one(p, out) for p in problems))
     report.wall_time_s = time.perf_counter() - start
+    report.batch_sizes = batches_since(executor, first_batch)
     return report
 
 
@@ -583,9 +607,11 @@ def _run_dataset_scope(
             if proposer is not None and proposer.llm is not executor:
                 await proposer.llm.aclose()
 
+    first_batch = len(batch_sizes(executor) or [])
     start = time.perf_counter()
     tree = asyncio.run(main())
     wall = time.perf_counter() - start
+    batches = batches_since(executor, first_batch)
     best = tree.best()
     write_atomic(run_dir / "best_workflow.py", best.source.rstrip() + "\n")
     write_atomic(run_dir / "tree.json", json.dumps(tree.to_json(), indent=1))
@@ -605,6 +631,9 @@ def _run_dataset_scope(
         ),
         "search/wall_time_s": wall,
     }
+    if batches:
+        metrics["search/executor_batches"] = len(batches)
+        metrics["search/executor_batch_mean"] = mean_batch(batches)
     for node in tree.nodes:
         tracker.log(
             {"search/node_reward": node.reward, "search/node_depth": node.depth}, step=node.id
@@ -618,7 +647,9 @@ def _run_dataset_scope(
     Console().print(
         f"[bold]best workflow[/] (node {best.id}, {best.origin}): validation accuracy "
         f"{best.score:.3f} [{low:.3f}, {high:.3f}] vs seed {tree.root.score:.3f} "
-        f"[{seed_low:.3f}, {seed_high:.3f}] on {n} problems; {len(tree)} workflows, {wall:.0f}s\n"
+        f"[{seed_low:.3f}, {seed_high:.3f}] on {n} problems; {len(tree)} workflows, {wall:.0f}s"
+        + (f", mean executor batch {mean_batch(batches):.1f}" if batches else "")
+        + "\n"
         f"{best.source}\nwritten to {run_dir / 'best_workflow.py'}"
     )
     return float(best.score)

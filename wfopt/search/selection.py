@@ -16,6 +16,14 @@ own evaluation score s_i in [0, 1] is picked with probability
 (λ = `mcts.aflow_lambda`, α = `mcts.aflow_alpha`): a uniform share for exploration mixed with a
 sharp preference for the best scores. The softmax subtracts the maximum first, so large
 α·100·s cannot overflow.
+
+Virtual loss (`mcts.parallel_expansions` > 1): while evaluations are in flight, each counts as
+a visit that returned the lowest possible reward `floor` (-`mcts.cost_weight`, a score of 0 at
+full cost). UCT sees a child as `n_i + p_i` visits with mean `(sum_i + p_i * floor) / (n_i +
+p_i)`, `p_i` = evaluations running in its subtree, and `N + p` for the parent; AFlow sees
+`s_i` as `(s_i + q_i * floor) / (1 + q_i)`, `q_i` = the node's own children still being
+proposed or evaluated. So selection spreads over other paths until the results are in, and
+with nothing in flight (p = q = 0) both rules are exactly the ones above.
 """
 
 from __future__ import annotations
@@ -30,6 +38,15 @@ def uct_score(value: float, visits: int, parent_visits: int, exploration: float)
     if visits <= 0:
         return math.inf
     return value + exploration * math.sqrt(math.log(max(parent_visits, 1)) / visits)
+
+
+def virtual_mean(total: float, visits: int, pending: int, floor: float) -> float:
+    """Mean of `visits` real rewards summing to `total` and `pending` virtual ones at `floor`;
+    0 with neither. With `pending` 0 it is exactly `total / visits`."""
+    if pending:
+        total += pending * floor
+    n = visits + pending
+    return total / n if n else 0.0
 
 
 def uct_choice(

@@ -30,6 +30,10 @@ class Node:
     children: list[int] = field(default_factory=list)
     proposals: int = 0  # expansion attempts made from this node (policy sample indices)
     exhausted: bool = False  # no new child could be made from it
+    # in flight (parallel expansions), 0 once the search is done; never saved: evaluations
+    # running in this subtree (virtual visits) and expansions of this node not yet returned
+    pending: int = 0
+    expanding: int = 0
     # the policy's sample this node came from (origin policy / policy_sample): its exact
     # prompt and completion ids, trained on as they were sampled
     sample: Any = None
@@ -37,6 +41,9 @@ class Node:
     @property
     def value(self) -> float:
         return self.value_sum / self.visits if self.visits else 0.0
+
+
+UNSAVED = ("sample", "pending", "expanding")  # not in the tree's JSON
 
 
 class Tree:
@@ -93,10 +100,16 @@ class Tree:
             return True
         return any(self.is_open(self.nodes[c], max_children) for c in node.children)
 
+    def hold(self, node: Node, delta: int) -> None:
+        """Add `delta` virtual visits to the node and every ancestor (an evaluation below it
+        is in flight, or an expansion of it)."""
+        for n in self.path(node):
+            n.pending += delta
+
     def to_json(self) -> dict[str, Any]:
         return {
             "nodes": [
-                {**{k: v for k, v in asdict(n).items() if k != "sample"}, "value": n.value}
+                {**{k: v for k, v in asdict(n).items() if k not in UNSAVED}, "value": n.value}
                 for n in self.nodes
             ],
             "edges": [[n.parent, n.id] for n in self.nodes if n.parent is not None],
