@@ -33,7 +33,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from wfopt.errors import InfrastructureError
+from wfopt.errors import (  # the workflow's faults live beside wfopt's own (re-exported)
+    InfrastructureError,
+    InvalidWorkflow,
+    LimitExceeded,
+    WorkflowError,
+    WorkflowTimeout,
+)
 from wfopt.llm.base import QueueClock, queue_clock
 
 ENTRY = "solve"
@@ -45,34 +51,6 @@ MAX_INT_BITS = 4_096  # magnitude of any integer
 MAX_STEPS = 20_000  # loop iterations + comprehension elements per run
 MAX_RANGE = 1_000  # range() length
 MAX_CODE_CHARS = 20_000  # source size accepted at all
-
-
-class WorkflowError(Exception):
-    """A workflow failed; `category` is what the evaluation records."""
-
-    category = "runtime_error"
-
-
-class InvalidWorkflow(WorkflowError):
-    """Rejected by the validator before anything ran."""
-
-    category = "invalid"
-
-
-class LimitExceeded(WorkflowError):
-    """A size or step limit of the language was hit at run time."""
-
-    category = "limit"
-
-
-class BudgetExceeded(WorkflowError):
-    """More operator calls than the budget allows."""
-
-    category = "budget"
-
-
-class WorkflowTimeout(WorkflowError):
-    category = "timeout"
 
 
 # ----------------------------------------------------------------------------- validation
