@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wfopt.errors import (  # the workflow's faults live beside wfopt's own (re-exported)
+    BudgetExceeded,  # noqa: F401  (re-exported)
     InfrastructureError,
     InvalidWorkflow,
     LimitExceeded,
