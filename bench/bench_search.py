@@ -201,7 +201,8 @@ def throughput(args: argparse.Namespace, llm: LocalLLM, dataset: Any, console: C
                 concurrency=arms[arm][0],
                 parallel_expansions=arms[arm][1],
             )
-            batches = len(llm.batch_sizes)
+            batches = len(llm.batch_sizes)  # prefills: requests admitted together
+            steps, rows = llm.decode_steps, llm.decoded_rows
             cpu = time.process_time()
             children = resource.getrusage(resource.RUSAGE_CHILDREN)
             with tempfile.TemporaryDirectory() as tmp:
@@ -222,7 +223,8 @@ def throughput(args: argparse.Namespace, llm: LocalLLM, dataset: Any, console: C
                 "tokens": report.tokens,
                 "completion_tokens": completion_tokens(nodes),
                 "batches": len(sizes),
-                "mean_batch": statistics.mean(sizes) if sizes else 0.0,
+                # rows per decode step (continuous batching: rows join and leave mid-batch)
+                "mean_batch": (llm.decoded_rows - rows) / max(1, llm.decode_steps - steps),
                 "max_batch": max(sizes, default=0),
                 "evals_per_min": report.stats.evaluations / wall * 60,
                 "solved_fraction": report.metrics()["search/solved_fraction"],
@@ -233,8 +235,8 @@ def throughput(args: argparse.Namespace, llm: LocalLLM, dataset: Any, console: C
             console.print(
                 f"throughput repeat {repeat + 1}/{args.repeats}, {arm}: {wall:.0f} s, "
                 f"{run['evaluations']} evaluations ({run['evals_per_min']:.2f}/min), "
-                f"{run['llm_calls']} LLM calls in {run['batches']} batches "
-                f"(mean {run['mean_batch']:.1f})"
+                f"{run['llm_calls']} LLM calls in {run['batches']} prefills "
+                f"(mean {run['mean_batch']:.1f} rows per decode step)"
             )
 
     def signature(tree: dict[str, Any]) -> list[tuple[str, list[float]]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 import math
 from pathlib import Path
@@ -14,6 +15,7 @@ from omegaconf import OmegaConf
 
 from wfopt.baselines import load_baseline
 from wfopt.config import GRPOConfig, ModelConfig
+from wfopt.datasets.arithmetic import generate
 from wfopt.grpo import (
     GRPOTrainer,
     TrajectoryDataset,
@@ -35,6 +37,7 @@ from wfopt.policy import (
     encode_prompt_and_response,
     policy_response,
 )
+from wfopt.trajectory import Trajectory
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = [load_baseline("programmer"), load_baseline("cot_sc")]
@@ -524,3 +527,42 @@ def test_wfopt_train_cli_bad_inputs_exit_with_a_message(cli, tmp_path):
     assert "Traceback" not in corrupt.stderr
     none = cli("train", expect_ok=False)
     assert "trajectories=PATH" in none.stderr
+
+
+# ---------------------------------------------------------------- learning that shows
+# GRPO on groups whose rewards hold a known difference (`programmer` scores 1, `io` 0: a fixed
+# rule standing in for the executor) makes the policy more likely to write the better workflow
+# on problems it never saw. Exact measure: the log-odds log P(better) - log P(worse) of the two
+# bodies under the policy's prompt (the longer `programmer` body starts ~80 nats behind).
+
+BETTER, WORSE = load_baseline("programmer"), load_baseline("io")
+
+
+def log_odds(model, tokenizer, problems: list[str]) -> float:
+    """Mean over `problems` of log P(BETTER | prompt) - log P(WORSE | prompt) under `model`."""
+    rows = [Trajectory(p, i, [BETTER, WORSE], [0.0, 0.0]) for i, p in enumerate(problems)]
+    data = TrajectoryDataset(rows, tokenizer, max_length=1024)
+    batch = collate_samples(list(data), tokenizer.pad_token_id)
+    with torch.no_grad():
+        log_probs, _ = sequence_log_probs(model, batch)
+    totals = (log_probs * batch["response_mask"]).sum(-1).view(len(problems), 2)
+    return (totals[:, 0] - totals[:, 1]).mean().item()
+
+
+def test_grpo_makes_the_better_workflow_more_likely_on_unseen_problems(policy):
+    model, tokenizer = copy.deepcopy(policy[0]), policy[1]
+    problems = [p.question for p in generate(4, seed=3)]
+    train, held_out = problems[:2], problems[2:]
+    groups = [Trajectory(p, i, [BETTER, WORSE], [1.0, 0.0]) for i, p in enumerate(train)]
+    batch = collate_samples(
+        list(TrajectoryDataset(groups, tokenizer, 1024)), tokenizer.pad_token_id
+    )
+    cfg = GRPOConfig(lr=1e-5, micro_batch_size=4)  # the defaults: off-policy rows shaped
+    trainer = GRPOTrainer(model, cfg, pad_token_id=tokenizer.pad_token_id, total_steps=3)
+    curve = [log_odds(model, tokenizer, held_out)]
+    for _ in range(3):
+        trainer.train_step(batch)
+        curve.append(log_odds(model, tokenizer, held_out))
+    print(f"\nlog-odds programmer vs io on 2 unseen problems, per GRPO step: {curve}")
+    assert all(b > a for a, b in itertools.pairwise(curve)), curve  # every step
+    assert curve[-1] - curve[0] > 10.0, curve  # measured: -83.6 -> -70.6 -> -60.9 -> -52.8

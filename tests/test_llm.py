@@ -217,6 +217,100 @@ def test_event_loop_stays_responsive_while_generating(embedded_llm):
     assert ticks >= 5 and ticks * 0.01 <= latency * 1.5 + 0.1
 
 
+def test_plan_admission_is_fifo_bounded_by_room_and_prefill_budget():
+    from wfopt.llm.decoding import plan_admission
+
+    assert plan_admission([10, 10, 10], room=2, budget=1000) == 2
+    assert plan_admission([10, 10, 10], room=0, budget=1000) == 0
+    assert plan_admission([100, 10, 10], room=8, budget=250) == 2  # 3 x 100 > 250
+    assert plan_admission([10, 300, 10], room=8, budget=250) == 1  # first come, first served
+    assert plan_admission([900, 10], room=8, budget=250) == 1  # too long: prefilled alone
+    assert plan_admission([], room=8, budget=250) == 0
+
+
+def check_ids(llm: LocalLLM, completion, prompt: str) -> None:
+    """The ids round-trip: what the model saw and emitted, and whether it stopped."""
+    from wfopt.tokens import encode_prompt
+
+    ids = completion.completion_ids
+    assert completion.prompt_ids == encode_prompt(llm.render(msgs(prompt)), llm.tokenizer)
+    assert completion.prompt_tokens == len(completion.prompt_ids)
+    assert completion.completion_tokens == len(ids) > 0
+    assert completion.stopped == (ids[-1] in llm.stop_ids)
+    text_ids = ids[:-1] if completion.stopped else ids
+    assert completion.text == llm.tokenizer.decode(text_ids, skip_special_tokens=True)
+
+
+def test_late_requests_join_the_running_batch_and_match_running_alone(embedded_llm):
+    """Requests submitted while another decodes join its batch (between decode steps, at most
+    `max_batch_size` rows at once); each answer, sampled or greedy, equals the same request
+    run alone, token for token."""
+    llm = LocalLLM(embedded_llm.model, embedded_llm.tokenizer, "cb", max_batch_size=3)
+    hot = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=20, seed=7)
+    first = (PROMPTS[2][0], SamplingParams(max_new_tokens=40), 0)  # greedy, long
+    late = [
+        (PROMPTS[0][0], hot, 0),
+        (PROMPTS[0][0], hot, 1),  # same prompt, another sample
+        ("Hi", SamplingParams(max_new_tokens=30), 0),  # greedy, stops early on <|im_end|>
+        (PROMPTS[1][0], hot, 3),
+        (PROMPTS[3][0], SamplingParams(temperature=0.8, top_p=0.5, max_new_tokens=12), 2),
+    ]
+
+    async def steps_later(n: int) -> None:
+        target = llm.decode_steps + n
+        while llm.decode_steps < target:
+            await asyncio.sleep(0.002)
+
+    async def main():
+        running = asyncio.create_task(llm.complete(msgs(first[0]), first[1], first[2]))
+        await steps_later(3)
+        assert not running.done() and llm.joined == 0
+        tasks = []
+        for i, (prompt, params, index) in enumerate(late):
+            tasks.append(asyncio.create_task(llm.complete(msgs(prompt), params, index)))
+            if i % 2:  # arrivals at different steps, some while the batch is full
+                await steps_later(2)
+        together = await asyncio.gather(running, *tasks)
+        steps, rows = llm.decode_steps, llm.decoded_rows
+        alone = [await llm.complete(msgs(p), sp, i) for p, sp, i in [first, *late]]
+        return together, alone, steps, rows
+
+    together, alone, steps, rows = asyncio.run(main())
+    for a, b in zip(together, alone, strict=True):
+        assert (a.text, a.completion_ids, a.stopped) == (b.text, b.completion_ids, b.stopped)
+    for completion, (prompt, _, _) in zip(together, [first, *late], strict=True):
+        check_ids(llm, completion, prompt)
+    assert together[3].stopped
+    assert llm.joined >= 2  # the first two late requests at least joined rows mid-decode
+    assert llm.max_rows == 3  # the cap held (and was reached)
+    assert rows / steps > 1.5  # decode steps carried several rows
+    assert len(llm.queue_waits) == len(llm.latencies) == 2 * len(together)
+    assert all(0 <= w <= t for w, t in zip(llm.queue_waits, llm.latencies, strict=True))
+
+
+def test_static_batching_stays_selectable(embedded_llm):
+    """`batching="static"` (the older scheme, kept for comparison): one batch decodes to its
+    end; the answers are the continuous backend's."""
+    static = LocalLLM(
+        embedded_llm.model, embedded_llm.tokenizer, "static", batching="static", batch_wait_ms=50
+    )
+    params = [SamplingParams(max_new_tokens=n) for _, n in PROMPTS]
+
+    async def run_all(llm):
+        return await asyncio.gather(
+            *(llm.complete(msgs(p), sp) for (p, _), sp in zip(PROMPTS, params, strict=True))
+        )
+
+    old = asyncio.run(run_all(static))
+    assert static.batch_sizes == [len(PROMPTS)] and static.joined == 0
+    # the longest row's tokens: the prefill chose the first, one decode step each other
+    assert static.decode_steps == max(c.completion_tokens for c in old) - 1
+    new = asyncio.run(run_all(embedded_llm))
+    assert [c.completion_ids for c in old] == [c.completion_ids for c in new]
+    with pytest.raises(ValueError, match="batching"):
+        LocalLLM(embedded_llm.model, embedded_llm.tokenizer, "x", batching="paged")
+
+
 # --------------------------------------------------------------------------------- cache
 
 

@@ -416,6 +416,18 @@ def test_policy_completion_round_trip():
     assert workflow == RESPONSE_PREFIX + "x = await generate(problem)\n    return x\n"
     parse_workflow(workflow)
     assert policy_response(workflow) == "x = await generate(problem)\n    return x\n"
+    # a leading space token shifts the whole block by one column: shifted back
+    shifted = " x = await generate(problem)\n     if x:\n         return x\n     return ''\n"
+    assert workflow_from_completion(shifted) == (
+        RESPONSE_PREFIX
+        + "x = await generate(problem)\n    if x:\n        return x\n    return ''\n"
+    )
+    # lines not all shifted: left as written (the validator then judges them)
+    mixed = " x = await generate(problem)\n    return x\n"
+    assert (
+        workflow_from_completion(mixed)
+        == RESPONSE_PREFIX + "x = await generate(problem)\n    return x\n"
+    )
     # another parameter name: re-rendered with the standard header
     assert policy_response("async def solve(q):\n    return await generate(q)") == (
         "return await generate(problem)\n"

@@ -207,6 +207,39 @@ def test_async_timeout_applies_to_awaiting_operators():
     assert time.perf_counter() - start < 2
 
 
+def test_a_hung_operator_is_cut_off_and_cancelled():
+    """An operator that never returns (real code awaiting forever; nothing is queued in any
+    backend, so all of it is the run's own time) times out, and its task is cancelled."""
+    cancelled: list[str] = []
+
+    async def hung(problem: str, instruction: str = "") -> str:
+        try:
+            await asyncio.sleep(1000)
+        except asyncio.CancelledError:
+            cancelled.append(problem)
+            raise
+        return problem
+
+    wf = parse_workflow("async def solve(problem):\n    return await generate(problem)\n")
+    solve = build_solve(wf, {"generate": hung}, time.monotonic() + 0.3)
+    start = time.perf_counter()
+    with pytest.raises(WorkflowTimeout) as err:
+        asyncio.run(call_solve(solve, "timed out", 0.3))
+    assert err.value.category == "timeout" and cancelled == ["timed out"]
+    assert time.perf_counter() - start < 2
+
+    async def abandoned():  # whoever awaits the run gives up: the workflow stops with it
+        run = asyncio.create_task(call_solve(solve, "abandoned", 100))
+        await asyncio.sleep(0.05)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        await asyncio.sleep(0)  # the workflow's task handles its cancellation
+        return list(cancelled)
+
+    assert asyncio.run(abandoned()) == ["timed out", "abandoned"]
+
+
 def test_policy_written_workflows_must_call_an_operator_and_return():
     """The reward hack `make run` showed (a trained policy writing `answer = 0`): code that
     answers without any operator, or returns nothing, is no workflow when the policy wrote it."""
@@ -221,3 +254,40 @@ def test_policy_written_workflows_must_call_an_operator_and_return():
     ok = parse_policy_workflow("async def solve(problem):\n    return await generate(problem)\n")
     assert ok.hash == parse_workflow(ok.source).hash
     parse_workflow("async def solve(problem):\n    return 11\n")  # the language allows it
+
+
+@pytest.mark.parametrize(
+    "body, valid",
+    [
+        ("return await generate(problem)", True),
+        ("xs = []\n    for _ in range(3):\n        xs.append(await generate(problem))\n"
+         "    return await ensemble(problem, xs)", True),
+        ("a = await programmer(problem)\n    b = a.strip()\n    return b if b else ''", True),
+        ("a = await programmer(problem)\n    if a:\n        return a\n    return ''", True),
+        # an operator is called, but the answer returned is the policy's own
+        ("a = await generate(problem)\n    return 19", False),
+        ("a = await generate(problem)\n    return problem", False),
+        ("a = await programmer(problem)\n    if a:\n        return a\n    return '0'", False),
+        ("a = await generate(problem)\n    b = 3 * 4\n    return b", False),
+    ],
+)  # fmt: skip
+def test_policy_workflows_return_what_operators_computed(body, valid):
+    from wfopt.workflow import parse_policy_workflow
+
+    source = f"async def solve(problem):\n    {body}\n"
+    if valid:
+        parse_policy_workflow(source)
+    else:
+        with pytest.raises(InvalidWorkflow, match="returns no operator's result"):
+            parse_policy_workflow(source)
+
+
+def test_answer_written_in_code_is_detected_but_question_numbers_are_not():
+    from wfopt.workflow import answer_written_in
+
+    spelled = "async def solve(problem):\n    return await generate(problem, 'It is 42.')\n"
+    assert answer_written_in(spelled, "42", "What is 6 * 7?")
+    assert not answer_written_in(spelled, "41", "What is 6 * 7?")
+    assert not answer_written_in(spelled, "42", "Start with 42. Add 0.")  # the question has it
+    assert not answer_written_in(spelled.replace("42", "142"), "42", "What is 6 * 7?")
+    assert not answer_written_in(spelled, "def f(): pass", "code")  # non-numeric answers

@@ -74,6 +74,11 @@ class Backend(Choice):
     openai = "openai"
 
 
+class Batching(Choice):
+    continuous = "continuous"
+    static = "static"
+
+
 class DatasetName(Choice):
     arithmetic = "arithmetic"
     gsm8k = "gsm8k"
@@ -186,8 +191,20 @@ class ModelConfig:
     gguf_file: str | None = knob(None, "GGUF file inside `path`, if the weights are GGUF")
     dtype: Dtype = knob(Dtype.auto, "weights dtype; auto follows hardware.dtype")
     chat_template: bool = knob(True, "wrap prompts with the tokenizer's chat template")
-    max_batch_size: int = knob(16, "dynamic batching: most requests generated together")
-    batch_wait_ms: float = knob(20.0, "how long the batcher waits to fill a batch")
+    batching: Batching = knob(
+        Batching.continuous,
+        "local backend: continuous (requests join the running batch between decode steps, "
+        "finished ones leave) or static (a batch decodes to its end while arrivals wait: "
+        "the older scheme, kept for comparison)",
+    )
+    max_batch_size: int = knob(16, "local backend: most requests decoded together (rows)")
+    max_prefill_tokens: int = knob(
+        2048,
+        "continuous batching: most (padded) prompt tokens prefilled between two decode "
+        "steps, bounding how long running rows stall while requests join (a longer prompt "
+        "is prefilled alone)",
+    )
+    batch_wait_ms: float = knob(20.0, "static batching: how long the batcher waits to fill a batch")
     lora: LoraConfig = knob(help="LoRA adapters for GRPO training", factory=LoraConfig)
 
 
@@ -300,7 +317,9 @@ class WorkflowConfig:
     name: str = knob("cot", "a baseline in wfopt/baselines/ (io, cot, cot_sc, programmer, ...)")
     path: str | None = knob(None, "a user's workflow file; overrides `name`")
     max_operator_calls: int = knob(20, "operator calls per run (budget error beyond)")
-    timeout_s: float = knob(300.0, "seconds per workflow run")
+    timeout_s: float = knob(
+        300.0, "seconds per workflow run (time queued in the local executor not counted)"
+    )
 
 
 @dataclass
@@ -345,7 +364,9 @@ class MCTSConfig:
     )
     cost_scale_tokens: int = knob(2048, "mean tokens per run that count as cost 1")
     max_operator_calls: int = knob(20, "per workflow run (budget error beyond)")
-    timeout_s: float = knob(600.0, "per workflow run, waiting in the executor's queue included")
+    timeout_s: float = knob(
+        600.0, "seconds per workflow run (time queued in the local executor not counted)"
+    )
     concurrency: int = knob(8, "problems searched at once (their LLM calls batch together)")
     parallel_expansions: int = knob(
         4,
@@ -538,7 +559,9 @@ class LoopSettings:
     eval_temperature: float = knob(0.0, "0 = greedy (with eval_samples=1)")
     policy_max_tokens: int = knob(160, "longest workflow body the policy may write")
     eval_max_operator_calls: int = knob(20, "held-out runs: operator calls per workflow run")
-    eval_timeout_s: float = knob(600.0, "held-out runs: seconds per workflow run")
+    eval_timeout_s: float = knob(
+        600.0, "held-out runs: seconds per workflow run (queue time not counted)"
+    )
     replay_episodes: int = knob(0, "also train on the trajectories of this many previous episodes")
     baselines: list[str] = knob(
         help="fixed reference workflows scored on the test problems (wfopt/baselines/<name>.py)",

@@ -1,7 +1,7 @@
 """The one line between a workflow's failure and a failure of wfopt itself.
 
 A score of 0 means "this workflow failed on this problem": search turns it into rewards and
-GRPO into gradients. So only the workflow's own faults (`wfopt.workflow.WorkflowError`: invalid
+GRPO into gradients. So only the workflow's own faults (`WorkflowError` below: invalid
 code, budget, timeout, limits, its own exceptions) and the answer's faults (the scorers'
 categories) are ever scored. Everything below is an `InfrastructureError`: it stops the
 command with a message naming the resource and the cause, nothing is recorded for the affected
@@ -9,6 +9,39 @@ runs, and `search`/`loop` say how to resume.
 """
 
 from __future__ import annotations
+
+# -- the workflow's own faults: scored (wfopt.workflow raises them) ---------------------------
+
+
+class WorkflowError(Exception):
+    """A workflow failed; `category` is what the evaluation records."""
+
+    category = "runtime_error"
+
+
+class InvalidWorkflow(WorkflowError):
+    """Rejected by the validator before anything ran."""
+
+    category = "invalid"
+
+
+class LimitExceeded(WorkflowError):
+    """A size or step limit of the language was hit at run time."""
+
+    category = "limit"
+
+
+class BudgetExceeded(WorkflowError):
+    """More operator calls than the budget allows."""
+
+    category = "budget"
+
+
+class WorkflowTimeout(WorkflowError):
+    category = "timeout"
+
+
+# -- wfopt's faults: never scored ------------------------------------------------------------
 
 
 class InfrastructureError(RuntimeError):

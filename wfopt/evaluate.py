@@ -21,13 +21,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from wfopt.errors import InfrastructureError
-from wfopt.llm.base import LLM, SamplingParams
+from wfopt.llm.base import LLM, QueueClock, SamplingParams
 from wfopt.operators import Operators
 from wfopt.stats import wilson_interval
 from wfopt.workflow import (
     InvalidWorkflow,
     Workflow,
     WorkflowError,
+    answer_written_in,
     build_solve,
     call_solve,
     operators_used,
@@ -54,6 +55,8 @@ class Record:
     duration_s: float
     ledger: dict[str, Any] = field(default_factory=dict)
     workflow_source: str | None = None  # set when the workflow was written by the policy
+    # policy-written only: its code spells the answer (`workflow.answer_written_in`)
+    answer_in_code: bool | None = None
 
 
 async def execute(
@@ -96,9 +99,10 @@ async def execute(
     ops = Operators(llm, params, problem, max_calls=max_operator_calls, sample_offset=sample_offset)
     deadline = time.monotonic() + timeout_s
     extra = {"entry_point": getattr(problem, "entry_point", None)}
+    clock = QueueClock()  # the run's queue wait: not part of its time limit
     try:
-        solve = build_solve(wf, ops.bound(), deadline, extra_globals=extra)
-        output = await call_solve(solve, problem.question, timeout_s)
+        solve = build_solve(wf, ops.bound(), deadline, extra_globals=extra, clock=clock)
+        output = await call_solve(solve, problem.question, timeout_s, clock)
     except WorkflowError as err:
         return failed(err.category, str(err), wf.hash, ops.ledger.summary())
 
@@ -220,6 +224,7 @@ async def evaluate_policy(
             )
         for source, record in zip(sources, records, strict=True):
             record.workflow_source = source
+            record.answer_in_code = answer_written_in(source, record.gold, problem.question)
         done.extend(records)
         valid = sum(r.error != "invalid" for r in done)
         acc = sum(r.score for r in done) / len(done)
@@ -242,9 +247,14 @@ def policy_summary(records: list[Record], wall_time_s: float) -> dict[str, Any]:
     for r in valid:
         for name in operators_used(r.workflow_source or ""):
             usage[name] = usage.get(name, 0) + 1
+    own = [r for r in valid if r.answer_in_code]
     summary.update(
         valid_rate=len(valid) / len(records) if records else 0.0,
         valid_rate_ci95=[low, high],
+        # valid workflows whose code spells the answer, and the accuracy they contribute: a
+        # gain from these is the policy solving the problem, not workflow learning
+        answer_in_code_rate=len(own) / len(valid) if valid else 0.0,
+        answer_in_code_accuracy=sum(r.score for r in own) / len(records) if records else 0.0,
         operator_use={k: v / len(valid) for k, v in sorted(usage.items())} if valid else {},
     )
     return summary

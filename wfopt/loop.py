@@ -517,6 +517,7 @@ def _row(label: str, split: str, episode: int, summary: dict[str, Any]) -> dict[
         "mean_tokens": summary["mean_tokens"],
         "cost_usd": summary["cost_usd"],
         "operator_use": summary.get("operator_use"),
+        "answer_in_code_rate": summary.get("answer_in_code_rate"),
         "wall_time_s": summary["wall_time_s"],
     }
 
@@ -599,7 +600,8 @@ def print_results(rows: list[dict[str, Any]], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    columns = ("", "split", "valid rate (95% CI)", "accuracy (95% CI)", "mean tokens", "n")
+    columns = ("", "split", "valid rate (95% CI)", "accuracy (95% CI)", "answer in code")
+    columns = (*columns, "mean tokens", "n")
     for column in (*columns, "vs untrained", "vs best baseline"):
         table.add_column(column, justify="right")
     for row in rows:
@@ -613,6 +615,7 @@ def print_results(rows: list[dict[str, Any]], title: str) -> None:
             row.get("split", "-"),
             valid,
             f"{row['accuracy']:.2f} [{low:.2f}, {high:.2f}]",
+            "-" if row.get("answer_in_code_rate") is None else f"{row['answer_in_code_rate']:.2f}",
             f"{row['mean_tokens']:.0f}",
             str(row["n"]),
             _paired_cell(row.get("vs_untrained")),
@@ -621,7 +624,8 @@ def print_results(rows: list[dict[str, Any]], title: str) -> None:
     Console().print(table)
     Console().print(
         "paired columns: test accuracy difference [95% paired-bootstrap CI], McNemar's exact p "
-        "(bootstrap p when scores are not 0/1); the episode is selected on validation"
+        "(bootstrap p when scores are not 0/1); the episode is selected on validation; "
+        "answer in code: share of valid policy workflows whose code spells the answer"
     )
 
 

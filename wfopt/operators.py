@@ -33,9 +33,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from wfopt.errors import InfrastructureError, SandboxError
+from wfopt.errors import BudgetExceeded, InfrastructureError, SandboxError, WorkflowError
 from wfopt.llm.base import LLM, Message, SamplingParams
-from wfopt.workflow import BudgetExceeded, WorkflowError
 
 OPERATOR_NAMES = frozenset(
     {

@@ -41,7 +41,14 @@ OPERATOR_DOCS = (
     "programmer(problem, analysis='') -> output of a generated program; "
     "ensemble(problem, candidates) -> majority answer; review(problem, solution) -> feedback; "
     "revise(problem, solution, feedback) -> solution; format_answer(problem, solution) -> answer."
+    + "\n\nExamples:\n"
+    "async def solve(problem):\n    return await generate(problem)\n\n"
+    "async def solve(problem):\n    solution = await answer_generate(problem)\n"
+    "    return await format_answer(problem, solution)\n"
 )
+# Two example workflows show the form, not the answer: measured on 8 arithmetic problems,
+# the untrained SmolLM2's greedy workflows were valid 6/8 times with them, 0/8 without
+# (it wrote arithmetic and `print` instead of awaiting operators).
 # code tasks (HumanEval, MBPP): the answer is a function's source; `entry_point` is a global
 # holding the function's name
 CODE_OPERATOR_DOCS = (
@@ -52,6 +59,9 @@ CODE_OPERATOR_DOCS = (
     "generate(problem, instruction) -> text; review(problem, solution) -> feedback; "
     "revise(problem, solution, feedback) -> solution; format_answer(problem, solution) -> answer; "
     "ensemble(problem, candidates) -> majority answer."
+    "\n\nExample:\n"
+    "async def solve(problem):\n    code = await code_generate(problem, entry_point)\n"
+    "    return code\n"
 )
 
 
@@ -115,6 +125,14 @@ def workflow_from_completion(text: str) -> str:
         if line.strip().startswith("```") or (line.strip() and not line[0].isspace()):
             break
         body.append(line)
+    # A leading space token (" x = 1") puts the first line at 5 columns in the model's eyes,
+    # and it indents the lines after it to match: shift them back by the same amount when
+    # they all have it, so the body is the block the model wrote (measured: most of the
+    # untrained SmolLM2's workflows were otherwise an IndentationError).
+    extra = len(first) - len(body[0])
+    indent = " " * (len(RESPONSE_PREFIX) - len(RESPONSE_PREFIX.rstrip(" ")) + extra)
+    if extra and all(line.startswith(indent) for line in body[1:] if line.strip()):
+        body[1:] = [line[extra:] for line in body[1:]]
     return (RESPONSE_PREFIX + "\n".join(body)).rstrip() + "\n"
 
 
@@ -207,9 +225,7 @@ def load_policy_llm(model_cfg: Any, hardware_cfg: Any, checkpoint: Any = None) -
         model.eval(),
         load_tokenizer(model_cfg),
         f"{model_cfg.name}@{checkpoint_id}",
-        max_batch_size=model_cfg.max_batch_size,
-        batch_wait_ms=model_cfg.batch_wait_ms,
-        chat_template=model_cfg.chat_template,
+        **LocalLLM.config_options(model_cfg),
     )
     # the cache keys on the base model's identity (weights, dtype, template) plus the checkpoint
     llm.cache_identity = {

@@ -9,13 +9,17 @@ need the executor LLM) only after two passes over its AST:
    underscore names, lambdas, `while`, `try`, `with`, classes, nested functions, `global`.
 2. `_Guard`: rewrites what could allocate or spin without bound into calls of checked
    helpers: `*`, `**`, `+` and `<<`-free arithmetic check sizes before/after, every loop body
-   and comprehension element ticks a step counter that also enforces the wall-clock deadline
-   (a CPU-bound loop never yields to asyncio, so `wait_for` alone could not stop it), every
+   and comprehension element ticks a step counter that also enforces the time limit (a
+   CPU-bound loop never yields to asyncio, so a watchdog alone could not stop it), every
    call result is size-checked, and string methods go through a dispatcher with pre-checks.
 
 Identity: `canonical_source` is the unparsed normalized AST (docstrings dropped, local
 variables renamed in order of first binding), so formatting-only and renaming-only variants
 hash to the same workflow.
+
+Time limit: a run gets `timeout_s` seconds of its own time, the wall clock minus what its LLM
+requests spent queued in the backend behind other runs' work (`wfopt.llm.base.QueueClock`,
+which the local backend runs). Decoding, sandboxed code, and an operator that hangs all count.
 """
 
 from __future__ import annotations
@@ -23,12 +27,21 @@ from __future__ import annotations
 import ast
 import asyncio
 import hashlib
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from wfopt.errors import InfrastructureError
+from wfopt.errors import (  # the workflow's faults live beside wfopt's own (re-exported)
+    BudgetExceeded,  # noqa: F401  (re-exported)
+    InfrastructureError,
+    InvalidWorkflow,
+    LimitExceeded,
+    WorkflowError,
+    WorkflowTimeout,
+)
+from wfopt.llm.base import QueueClock, queue_clock
 
 ENTRY = "solve"
 
@@ -39,34 +52,6 @@ MAX_INT_BITS = 4_096  # magnitude of any integer
 MAX_STEPS = 20_000  # loop iterations + comprehension elements per run
 MAX_RANGE = 1_000  # range() length
 MAX_CODE_CHARS = 20_000  # source size accepted at all
-
-
-class WorkflowError(Exception):
-    """A workflow failed; `category` is what the evaluation records."""
-
-    category = "runtime_error"
-
-
-class InvalidWorkflow(WorkflowError):
-    """Rejected by the validator before anything ran."""
-
-    category = "invalid"
-
-
-class LimitExceeded(WorkflowError):
-    """A size or step limit of the language was hit at run time."""
-
-    category = "limit"
-
-
-class BudgetExceeded(WorkflowError):
-    """More operator calls than the budget allows."""
-
-    category = "budget"
-
-
-class WorkflowTimeout(WorkflowError):
-    category = "timeout"
 
 
 # ----------------------------------------------------------------------------- validation
@@ -383,16 +368,19 @@ def _as_load(target: ast.expr) -> ast.expr:
 class _Limits:
     """Run-time checks called by guarded workflow code; one instance per run."""
 
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
+    def __init__(self, deadline: float, clock: QueueClock | None = None) -> None:
+        self.deadline = deadline  # time.monotonic() at which the run is out of time...
+        self.clock = clock  # ...pushed back by the time its requests spent queued
         self.steps = 0
 
     def tick(self) -> None:
         self.steps += 1
         if self.steps > MAX_STEPS:
             raise LimitExceeded(f"more than {MAX_STEPS} loop steps")
-        if self.steps % 64 == 0 and time.monotonic() > self.deadline:
-            raise WorkflowTimeout("workflow exceeded its time limit inside a loop")
+        if self.steps % 64 == 0:
+            queued = self.clock.seconds() if self.clock is not None else 0.0
+            if time.monotonic() - queued > self.deadline:
+                raise WorkflowTimeout("workflow exceeded its time limit inside a loop")
 
     def tick_value(self, value: Any) -> Any:
         self.tick()
@@ -514,11 +502,13 @@ def parse_workflow(source: str, operator_names: frozenset[str] | None = None) ->
 
 def parse_policy_workflow(source: str) -> Workflow:
     """`parse_workflow` plus what a *policy-written* workflow must do to count as one: await
-    at least one operator and return a value. The language itself allows operator-free code
+    at least one operator and return a value computed from an operator's result (or ""). The
+    language itself allows operator-free code
     (tests, constants in hand-written workflows), but a policy that answers with `answer = 0`
     or `return 11` writes no workflow: scored as a mere failure (0) instead of invalid (-1),
     such code is a reward hack (measured: `make run`'s trained policy wrote almost only
-    `answer = 0`). Raises `InvalidWorkflow` with the reason."""
+    `answer = 0`), and so is `await generate(problem)` followed by `return 11`. Raises
+    `InvalidWorkflow` with the reason."""
     workflow = parse_workflow(source)
     tree = ast.parse(source)
     if not any(isinstance(n, ast.Return) and n.value is not None for n in ast.walk(tree)):
@@ -528,7 +518,71 @@ def parse_policy_workflow(source: str) -> Workflow:
             "a workflow calls at least one operator (e.g. `await generate(problem)`); an "
             "answer written into the code is not a workflow"
         )
+    derived = operator_derived_names(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Return) and node.value is not None:
+            empty = isinstance(node.value, ast.Constant) and node.value.value in ("", None)
+            if not empty and not _is_derived(node.value, derived):
+                raise InvalidWorkflow(
+                    f"line {node.lineno}: `return {ast.unparse(node.value)[:60]}` returns no "
+                    "operator's result; an answer written into the code is not a workflow"
+                )
     return workflow
+
+
+def _is_derived(expr: ast.AST, derived: set[str]) -> bool:
+    return any(
+        isinstance(n, ast.Await) or (isinstance(n, ast.Name) and n.id in derived)
+        for n in ast.walk(expr)
+    )
+
+
+def operator_derived_names(tree: ast.AST) -> set[str]:
+    """Variables that may hold a value computed from an operator's result (flow-insensitive,
+    to a fixpoint): assigned, loop-bound or appended from an expression containing an `await`
+    (only operators can be awaited) or another such variable."""
+    derived: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for node in ast.walk(tree):
+            flows: list[tuple[ast.AST, ast.AST]] = []
+            if isinstance(node, ast.Assign):
+                flows = [(target, node.value) for target in node.targets]
+            elif isinstance(node, ast.AugAssign | ast.AnnAssign | ast.NamedExpr) and node.value:
+                flows = [(node.target, node.value)]
+            elif isinstance(node, ast.For | ast.comprehension):
+                flows = [(node.target, node.iter)]
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name)
+                and node.func.attr == "append"
+            ):  # list.append(x) makes the list hold x
+                flows = [(node.func.value, arg) for arg in node.args]
+            for target, value in flows:
+                if not _is_derived(value, derived):
+                    continue
+                for name in ast.walk(target):
+                    if isinstance(name, ast.Name) and name.id not in derived:
+                        derived.add(name.id)
+                        changed = True
+    return derived
+
+
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?!\.?\d|\w)")
+
+
+def answer_written_in(source: str, answer: str, question: str) -> bool:
+    """Whether a workflow's code spells the problem's answer as a number that the question
+    does not contain: the policy solving the problem itself instead of composing operators
+    (reported per policy-written workflow; a gain from this is not workflow learning)."""
+    try:
+        gold = float(answer)
+    except ValueError:
+        return False
+    in_question = {float(n) for n in _NUMBER.findall(question)}
+    return gold not in in_question and gold in {float(n) for n in _NUMBER.findall(source)}
 
 
 def operators_used(source: str) -> set[str]:
@@ -555,9 +609,11 @@ def build_solve(
     operators: Mapping[str, Callable[..., Awaitable[Any]]],
     deadline: float,
     extra_globals: Mapping[str, Any] | None = None,
+    clock: QueueClock | None = None,
 ) -> Callable[[str], Awaitable[Any]]:
-    """Execute the guarded module in a fresh namespace and return its `solve`."""
-    limits = _Limits(deadline)
+    """Execute the guarded module in a fresh namespace and return its `solve`. Its loops
+    stop at `deadline` (`time.monotonic()`), later by what `clock` counts as queued."""
+    limits = _Limits(deadline, clock)
     namespace: dict[str, Any] = {
         "__builtins__": dict(SAFE_BUILTINS),
         **dict(extra_globals or {}),
@@ -575,17 +631,42 @@ def build_solve(
     return namespace[ENTRY]
 
 
-async def call_solve(solve: Callable[[str], Awaitable[Any]], problem: str, timeout_s: float) -> Any:
-    """Await `solve(problem)` under a wall-clock limit; map the workflow's failures to
-    WorkflowError.
+async def call_solve(
+    solve: Callable[[str], Awaitable[Any]],
+    problem: str,
+    timeout_s: float,
+    clock: QueueClock | None = None,
+) -> Any:
+    """Await `solve(problem)` for at most `timeout_s` seconds of its own time; map the
+    workflow's failures to WorkflowError.
+
+    Its own time is the wall clock minus the seconds its LLM requests waited in a backend's
+    queue, as `clock` (a fresh one if None; the same one `build_solve` got) counts them: the
+    workflow runs as a task that carries the clock in `queue_clock`, and a watchdog cancels
+    it once its own time is up. A run stuck behind others' work is not cut off for it; one
+    whose operator hangs is.
 
     `InfrastructureError` (the executor down after its retries, a cache or sandbox-runner
     fault, a bug inside an operator: see `wfopt.operators`) propagates: scoring wfopt's own
     fault as the workflow's failure would poison results and trajectories with zeros.
     """
+    clock = QueueClock() if clock is None else clock
+    token = queue_clock.set(clock)
     try:
-        return await asyncio.wait_for(solve(problem), timeout=timeout_s)
-    except asyncio.TimeoutError:
+        task = asyncio.ensure_future(solve(problem))  # the task copies the context: the clock
+    finally:
+        queue_clock.reset(token)
+    start = time.monotonic()
+    try:
+        while not task.done():
+            remaining = timeout_s - (time.monotonic() - start - clock.seconds())
+            if remaining <= 0:
+                task.cancel()
+                await asyncio.wait({task})  # let it unwind (its requests leave the backend)
+                raise WorkflowTimeout(f"workflow exceeded {timeout_s:.0f}s")
+            await asyncio.wait({task}, timeout=remaining)  # queue time may have pushed it on
+        return task.result()
+    except asyncio.TimeoutError:  # as `wait_for` reported it before the watchdog
         raise WorkflowTimeout(f"workflow exceeded {timeout_s:.0f}s") from None
     except (WorkflowError, InfrastructureError):
         raise
@@ -595,3 +676,6 @@ async def call_solve(solve: Callable[[str], Awaitable[Any]], problem: str, timeo
         raise LimitExceeded("out of memory") from None
     except Exception as err:  # raised by the workflow's own code: a scored failure, not a crash
         raise WorkflowError(f"{type(err).__name__}: {err}"[:500]) from None
+    finally:  # the caller gave up on us (cancelled): the workflow must not run on unwatched
+        if not task.done():
+            task.cancel()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
 
@@ -62,3 +64,39 @@ class LLM(Protocol):
     ) -> Completion: ...
 
     async def aclose(self) -> None: ...
+
+
+class QueueClock:
+    """How long one workflow run waited in backend queues: submitted, not yet decoding.
+
+    A run's time limit measures its work, not the backend's backlog (`workflow.call_solve`
+    subtracts this). Overlapping waits of one run (concurrent calls) count once: the clock
+    runs while at least one of its requests is queued. Backends that queue requests (the
+    local one) call `enter` when a request is submitted and `leave` once when it is admitted
+    or abandoned; backends that do not (a server, the response cache) leave it at zero.
+    """
+
+    def __init__(self) -> None:
+        self._queued = 0  # requests of this run waiting right now
+        self._since = 0.0  # when the current wait began
+        self._total = 0.0  # finished waits
+
+    def enter(self) -> None:
+        if self._queued == 0:
+            self._since = time.monotonic()
+        self._queued += 1
+
+    def leave(self) -> None:
+        self._queued -= 1
+        if self._queued == 0:
+            self._total += time.monotonic() - self._since
+
+    def seconds(self) -> float:
+        """Queued seconds so far, the wait in progress included."""
+        ongoing = time.monotonic() - self._since if self._queued else 0.0
+        return self._total + ongoing
+
+
+# The run whose requests are being submitted (set by `workflow.call_solve` for the workflow's
+# task; tasks it spawns inherit it). None: nobody is counting.
+queue_clock: ContextVar[QueueClock | None] = ContextVar("wfopt_queue_clock", default=None)
