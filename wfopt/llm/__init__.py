@@ -21,7 +21,7 @@ __all__ = [
     "LLMError",
     "Message",
     "SamplingParams",
-    "batch_sizes",
+    "batch_counters",
     "build_executor",
     "executor_metrics",
     "sampling_params",
@@ -53,12 +53,15 @@ def executor_metrics(llm: LLM) -> dict[str, int]:
     return {"executor/requests": requests, "executor/retries": retries}
 
 
-def batch_sizes(llm: LLM) -> list[int] | None:
-    """The sizes of the batches a batching backend (local) has decoded so far, in order, also
-    behind the cache; None for one that does not batch (openai). Search metrics read the
-    backend's record only through this function."""
-    sizes = getattr(llm, "batch_sizes", None)
-    return sizes if isinstance(sizes, list) else None
+def batch_counters(llm: LLM) -> tuple[int, int] | None:
+    """(decode steps, rows they decoded) so far of a batching backend (local), also behind
+    the cache; None for one that does not batch (openai). The mean batch over a window is the
+    difference in rows / the difference in steps. Search metrics read the backend's record
+    only through this function."""
+    steps, rows = getattr(llm, "decode_steps", None), getattr(llm, "decoded_rows", None)
+    if isinstance(steps, int) and isinstance(rows, int):
+        return steps, rows
+    return None
 
 
 def build_executor(

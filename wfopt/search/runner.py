@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from wfopt.errors import InfrastructureError
 from wfopt.evaluate import progress_bar, wilson_interval
-from wfopt.llm import batch_sizes
+from wfopt.llm import batch_counters
 from wfopt.llm.base import SamplingParams
 from wfopt.runtime import check_writable, run_dir_error, write_atomic
 from wfopt.search.mcts import (
@@ -141,14 +141,20 @@ def safe_name(problem_id: Any) -> str:
 # ------------------------------------------------------------------------------ summaries
 
 
-def mean_batch(sizes: list[int]) -> float:
-    return sum(sizes) / len(sizes) if sizes else 0.0
+def batches_since(llm: Any, start: tuple[int, int] | None) -> tuple[int, int] | None:
+    """(decode steps, rows) of the executor since `start` (its `batch_counters` then)."""
+    now = batch_counters(llm)
+    if now is None or start is None:
+        return None
+    return now[0] - start[0], now[1] - start[1]
 
 
-def batches_since(llm: Any, start: int) -> list[int] | None:
-    """The executor's batch sizes from index `start` on (None: it does not batch)."""
-    sizes = batch_sizes(llm)
-    return None if sizes is None else sizes[start:]
+def batch_metrics(batches: tuple[int, int] | None) -> dict[str, Any]:
+    """search/executor_*: decode steps and mean rows per step (nothing for openai)."""
+    if not batches or not batches[0]:
+        return {}
+    steps, rows = batches
+    return {"search/executor_decode_steps": steps, "search/executor_batch_mean": rows / steps}
 
 
 @dataclass
@@ -167,8 +173,8 @@ class SearchReport:
     tokens: int = 0
     cost_usd: float | None = 0.0
     wall_time_s: float = 0.0
-    # the executor's batches during the search (llm.batch_sizes); None: it does not batch
-    batch_sizes: list[int] | None = None
+    # the executor's (decode steps, rows) during the search; None: it does not batch
+    batches: tuple[int, int] | None = None
     # per problem: (id, seed score, best score, best reward, workflows, best node's origin)
     per_problem: list[tuple[str, float, float, float, int, str]] = field(default_factory=list)
 
@@ -227,9 +233,7 @@ class SearchReport:
         }
         if self.cost_usd is not None:
             metrics["search/cost_usd"] = self.cost_usd
-        if self.batch_sizes:
-            metrics["search/executor_batches"] = len(self.batch_sizes)
-            metrics["search/executor_batch_mean"] = mean_batch(self.batch_sizes)
+        metrics.update(batch_metrics(self.batches))
         for name, count in self.operators.items():
             metrics[f"search/operator_use/{name}"] = count / n
         return metrics
@@ -268,10 +272,10 @@ class SearchReport:
         )
         table.add_row("evaluations (runs)", f"{self.stats.evaluations} ({self.stats.runs})")
         table.add_row("LLM calls / tokens", f"{self.llm_calls} / {self.tokens}")
-        if self.batch_sizes:
+        if "search/executor_batch_mean" in m:
             table.add_row(
-                "executor batches (mean size)",
-                f"{len(self.batch_sizes)} ({m['search/executor_batch_mean']:.1f})",
+                "executor decode steps (mean rows)",
+                f"{m['search/executor_decode_steps']} ({m['search/executor_batch_mean']:.1f})",
             )
         cost = "unknown" if self.cost_usd is None else f"${self.cost_usd:.4f}"
         table.add_row("cost", cost)
@@ -379,7 +383,7 @@ async def search_problems(
     if trees_dir is not None:
         trees_dir.mkdir(parents=True, exist_ok=True)
     progress = progress_bar("solved {task.fields[solved]}", show_progress)
-    first_batch = len(batch_sizes(executor) or [])
+    first_batch = batch_counters(executor)
     start = time.perf_counter()
 
     async def one(problem: Any, out: Any) -> None:
@@ -425,7 +429,7 @@ async def search_problems(
         )
         await asyncio.gather(*(one(p, out) for p in problems))
     report.wall_time_s = time.perf_counter() - start
-    report.batch_sizes = batches_since(executor, first_batch)
+    report.batches = batches_since(executor, first_batch)
     return report
 
 
@@ -607,7 +611,7 @@ def _run_dataset_scope(
             if proposer is not None and proposer.llm is not executor:
                 await proposer.llm.aclose()
 
-    first_batch = len(batch_sizes(executor) or [])
+    first_batch = batch_counters(executor)
     start = time.perf_counter()
     tree = asyncio.run(main())
     wall = time.perf_counter() - start
@@ -631,9 +635,7 @@ def _run_dataset_scope(
         ),
         "search/wall_time_s": wall,
     }
-    if batches:
-        metrics["search/executor_batches"] = len(batches)
-        metrics["search/executor_batch_mean"] = mean_batch(batches)
+    metrics.update(batch_metrics(batches))
     for node in tree.nodes:
         tracker.log(
             {"search/node_reward": node.reward, "search/node_depth": node.depth}, step=node.id
@@ -648,7 +650,11 @@ def _run_dataset_scope(
         f"[bold]best workflow[/] (node {best.id}, {best.origin}): validation accuracy "
         f"{best.score:.3f} [{low:.3f}, {high:.3f}] vs seed {tree.root.score:.3f} "
         f"[{seed_low:.3f}, {seed_high:.3f}] on {n} problems; {len(tree)} workflows, {wall:.0f}s"
-        + (f", mean executor batch {mean_batch(batches):.1f}" if batches else "")
+        + (
+            f", mean executor batch {metrics['search/executor_batch_mean']:.1f} rows"
+            if "search/executor_batch_mean" in metrics
+            else ""
+        )
         + "\n"
         f"{best.source}\nwritten to {run_dir / 'best_workflow.py'}"
     )
