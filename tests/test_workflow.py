@@ -291,3 +291,10 @@ def test_answer_written_in_code_is_detected_but_question_numbers_are_not():
     assert not answer_written_in(spelled, "42", "Start with 42. Add 0.")  # the question has it
     assert not answer_written_in(spelled.replace("42", "142"), "42", "What is 6 * 7?")
     assert not answer_written_in(spelled, "def f(): pass", "code")  # non-numeric answers
+
+
+def test_a_nested_async_def_is_invalid_not_a_crash():
+    """A policy wrote this (search crashed with an IndexError in the normalizer)."""
+    source = "async def solve(problem):\n    async def ask_f() : None\n"
+    with pytest.raises(InvalidWorkflow, match="nested functions"):
+        parse_workflow(source)

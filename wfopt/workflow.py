@@ -131,6 +131,9 @@ def validate(tree: ast.Module, operator_names: frozenset[str]) -> ast.AsyncFunct
         raise _reject(solve, "solve takes exactly one parameter: solve(problem)")
     if solve.decorator_list or solve.returns:
         raise _reject(solve, "solve has no decorators or annotations")
+    for node in ast.walk(solve):
+        if node is not solve and isinstance(node, ast.AsyncFunctionDef):  # only solve itself
+            raise _reject(node, "nested functions are not allowed in a workflow")
 
     callable_names = operator_names | BUILTIN_NAMES
     method_attrs = {
