@@ -571,6 +571,8 @@ def _reference_select(search):
     return node
 
 
+# slow (52 s): the recorded trees of tests/data/mcts_sequential_trees.json check k=1 by default
+@pytest.mark.slow
 def test_real_model_one_expansion_at_a_time_is_the_old_loop(embedded_llm, one_torch_thread):
     new, old = _real_search(embedded_llm, 1), _real_search(embedded_llm, 1)
     asyncio.run(new.run(load_baseline("io"), policy_samples=2))
