@@ -24,12 +24,16 @@ from pathlib import Path
 from wfopt.stats import compare_paired, wilson_interval
 
 N = 200
-WORKFLOWS = ["io", "io_vote", "cot", "cot_sc", "programmer", "self_refine"]
+WORKFLOWS = ["io", "io_vote", "cot", "cot_sc", "programmer", "programmer_vote", "self_refine"]
 SETTINGS = {
-    # conf/dataset/arithmetic.yaml: 2-3 operands in [1, 20], + - * /
+    # the embedded default (DatasetConfig): "What is a op b?", operands in [1, 99], + - * /
     "default": [],
-    # one operation per problem: what the model might do reliably
-    "one_step": ["dataset.max_operands=2"],
+    # wfopt 0.1's default: stories, instructions and expressions, 2-3 operands in [1, 20]
+    "wfopt_0_1": [
+        "dataset.templates=[story,instructions,expression]",
+        "dataset.max_operands=3",
+        "dataset.max_value=20",
+    ],
 }
 RESULTS = Path(__file__).resolve().parents[1] / "outputs" / "bench"  # never tracked
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from wfopt.datasets import (
     Problem,
     Score,
     SplitDataset,
+    arithmetic,
     load_dataset,
 )
 from wfopt.datasets.mathverify import MathVerifier, score_math
@@ -105,8 +107,16 @@ def recompute(question: str) -> Fraction:
     return value
 
 
+# wfopt 0.1's generator settings: every template, up to 3 operands in [1, 20]
+ALL_TEMPLATES = dict(
+    templates=["story", "instructions", "expression"], max_operands=3, max_value=20
+)
+
+
 def test_arithmetic_answers_are_correct_recomputed_from_the_question():
-    dataset = load_dataset(DatasetConfig(name="arithmetic", num_problems=600, seed=3))
+    dataset = load_dataset(
+        DatasetConfig(name="arithmetic", num_problems=600, seed=3, **ALL_TEMPLATES)
+    )
     problems = [p for split in ("train", "validation", "test") for p in dataset.problems(split)]
     assert len(problems) == 600
     templates = {p.meta["template"] for p in problems}
@@ -144,7 +154,9 @@ def test_arithmetic_difficulty_knobs():
         numbers = [int(n) for n in re.findall(r"\d+", p.meta["expression"])]
         assert len(numbers) == 2 and all(1 <= n <= 5 for n in numbers)
     # Division only, where exact division is often impossible: exact rationals, canonical.
-    cfg = DatasetConfig(name="arithmetic", num_problems=60, operations=["/"], max_value=9)
+    cfg = DatasetConfig(
+        name="arithmetic", num_problems=60, operations=["/"], **{**ALL_TEMPLATES, "max_value": 9}
+    )
     problems = load_dataset(cfg).problems("train")
     assert any("/" in p.answer or "." in p.answer for p in problems)
     for p in problems:
@@ -152,8 +164,38 @@ def test_arithmetic_difficulty_knobs():
         assert p.meta["template"] != "story" or Fraction(p.answer).denominator == 1
     with pytest.raises(DatasetError, match="operations"):
         load_dataset(DatasetConfig(name="arithmetic", operations=["^"]))
+    with pytest.raises(DatasetError, match="templates"):
+        load_dataset(DatasetConfig(name="arithmetic", templates=["poem"]))
+    with pytest.raises(DatasetError, match="templates"):
+        load_dataset(DatasetConfig(name="arithmetic", templates=[]))
     with pytest.raises(DatasetError, match="distinct"):
         load_dataset(DatasetConfig(name="arithmetic", num_problems=500, max_value=2))
+
+
+def test_arithmetic_templates():
+    # the embedded default: bare expressions of two operands in [1, 99]
+    default = load_dataset(DatasetConfig(name="arithmetic", num_problems=200))
+    problems = [p for s in ("train", "validation", "test") for p in default.problems(s)]
+    assert all(re.fullmatch(r"What is \d+ [-+*/] \d+\?", p.question) for p in problems)
+    assert max(int(n) for p in problems for n in re.findall(r"\d+", p.question)) > 20
+    for p in problems:
+        assert Fraction(p.answer) == _evaluate(p.meta["expression"])
+    # stories only: a division that cannot stay natural falls back to an expression
+    cfg = DatasetConfig(
+        name="arithmetic",
+        num_problems=60,
+        operations=["/"],
+        max_value=9,
+        max_operands=3,
+        templates=["story"],
+    )
+    told = {p.meta["template"] for p in load_dataset(cfg).problems("train")}
+    assert told == {"story", "expression"}
+    # every template with wfopt 0.1's knobs gives wfopt 0.1's problems (sha256 of the questions
+    # as commit 9a58c14 generated them for seed 0)
+    old = arithmetic.generate(600, 0, **ALL_TEMPLATES)
+    digest = hashlib.sha256("\n".join(p.question for p in old).encode()).hexdigest()
+    assert digest[:16] == "496b1a422e317407"
 
 
 def test_splits_are_disjoint_stable_and_limited():

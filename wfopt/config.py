@@ -299,11 +299,17 @@ class DatasetConfig:
         0.2, "held-out share of a single source (arithmetic, HumanEval, a re-split file)"
     )
     num_problems: int = knob(600, "arithmetic: problems generated")
+    # The arithmetic defaults are the embedded setting where the workflow matters (README,
+    # "Which workflows help"); wfopt 0.1's: max_operands=3 max_value=20 and all templates.
     min_operands: int = knob(2, "arithmetic: fewest operands per problem")
-    max_operands: int = knob(3, "arithmetic: most operands per problem")
-    max_value: int = knob(20, "arithmetic: largest operand")
+    max_operands: int = knob(2, "arithmetic: most operands per problem")
+    max_value: int = knob(99, "arithmetic: largest operand")
     operations: list[str] = knob(
         help="arithmetic: operators used", factory=lambda: ["+", "-", "*", "/"]
+    )
+    templates: list[str] = knob(
+        help="arithmetic: how problems are told (story, instructions, expression)",
+        factory=lambda: ["expression"],
     )
     question_field: str = knob("question", "jsonl: field with the question")
     answer_field: str = knob("answer", "jsonl: field with the gold answer")

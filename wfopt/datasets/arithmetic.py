@@ -12,6 +12,12 @@ such choice (e.g. operations=["/"] on a prime) does a step go negative or ration
 problem is told as instructions or an expression, and its answer is rendered canonically
 ("7/3", "-2", "2.5"). Problems are distinct (no two share an expression), so no arithmetic
 question appears in two splits.
+
+`templates` restricts how problems are told. The embedded default (`DatasetConfig`) is
+expressions only, two operands in [1, 99]: there SmolLM2-135M answers directly at ~0.08 but
+writes a program that computes it at ~0.38 (README, "Which workflows help"), so the choice of
+workflow shows in the reward. All three templates with the same seed give the problems of
+wfopt 0.1 exactly.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from wfopt.datasets.base import DatasetError, Problem
 from wfopt.datasets.scoring import format_number
 
 OPERATIONS = ("+", "-", "*", "/")
+TEMPLATES = ("story", "instructions", "expression")
 NAMES = ["Mia", "Tom", "Ava", "Leo", "Zoe", "Sam", "Ivy", "Max", "Lily", "Ben", "Nora", "Omar"]
 ITEMS = [  # (singular, plural)
     ("apple", "apples"),
@@ -107,8 +114,11 @@ def generate_problem(
     max_operands: int,
     max_value: int,
     ops: list[str],
+    templates: tuple[str, ...] = TEMPLATES,
 ) -> Problem:
-    """One problem; `rng` drives every choice, so the sequence is fixed by the seed."""
+    """One problem; `rng` drives every choice, so the sequence is fixed by the seed.
+    A story needs natural steps: a problem that has none is told as the next allowed template
+    (an expression when only stories are allowed)."""
     start = rng.randint(1, max_value)
     value, natural = Fraction(start), True
     steps: list[tuple[str, int]] = []
@@ -121,9 +131,8 @@ def generate_problem(
         steps.append(step)
         value = _APPLY[step[0]](value, Fraction(step[1]))
     expression = _expression(start, steps)
-    template = rng.choice(
-        ["story", "instructions", "expression"] if natural else ["instructions", "expression"]
-    )
+    allowed = [t for t in templates if natural or t != "story"] or ["expression"]
+    template = rng.choice(allowed)
     if template == "story":
         question = _story(rng, start, steps)
     elif template == "instructions":
@@ -146,11 +155,18 @@ def generate(
     max_operands: int = 3,
     max_value: int = 20,
     operations: list[str] | None = None,
+    templates: list[str] | None = None,
 ) -> list[Problem]:
     """`num_problems` distinct problems (by expression), the same for the same arguments."""
     ops = list(operations if operations is not None else OPERATIONS)
     if not ops or set(ops) - set(OPERATIONS):
         raise DatasetError(f"dataset.operations must be a non-empty subset of + - * /, got {ops}")
+    told = tuple(t for t in TEMPLATES if t in (templates if templates is not None else TEMPLATES))
+    if not told or set(templates or TEMPLATES) - set(TEMPLATES):
+        raise DatasetError(
+            f"dataset.templates must be a non-empty subset of {', '.join(TEMPLATES)}, "
+            f"got {templates}"
+        )
     if not 2 <= min_operands <= max_operands:
         raise DatasetError("dataset: need 2 <= min_operands <= max_operands")
     if max_value < 1 or num_problems < 0:
@@ -166,7 +182,9 @@ def generate(
                 f"dataset: only {len(problems)} distinct arithmetic problems found for "
                 f"num_problems={num_problems}; raise max_value or max_operands"
             )
-        problem = generate_problem(rng, len(problems), min_operands, max_operands, max_value, ops)
+        problem = generate_problem(
+            rng, len(problems), min_operands, max_operands, max_value, ops, told
+        )
         if problem.meta["expression"] not in seen:
             seen.add(problem.meta["expression"])
             problems.append(problem)

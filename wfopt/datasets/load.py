@@ -165,6 +165,7 @@ def load_dataset(cfg: Any) -> SplitDataset:
                 cfg.max_operands,
                 cfg.max_value,
                 list(cfg.operations),
+                list(cfg.templates),
             )
             splits = seeded_split(problems, cfg.seed, cfg.val_fraction, cfg.test_fraction)
             how = f"generated (dataset.seed={cfg.seed}), split by the seed"
