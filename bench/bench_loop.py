@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,8 +47,9 @@ RESULTS = Path(__file__).resolve().parents[1] / "outputs" / "bench"  # never tra
 def main() -> None:
     extra = shlex.split(os.environ.get("WFOPT_BENCH_LOOP_ARGS", ""))
     wfopt = Path(sys.executable).with_name("wfopt")
+    run_dir = RESULTS / "loop_run"  # kept for bench_groups and `wfopt report`; replaced each run
+    shutil.rmtree(run_dir, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="wfopt-bench-loop-") as tmp:
-        run_dir = Path(tmp) / "run"
         args = [
             str(wfopt),
             "loop",
@@ -61,12 +63,11 @@ def main() -> None:
         env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
         subprocess.run(args, check=True, cwd=tmp, env=env)
         wall = time.perf_counter() - start
-        rows = json.loads((run_dir / "results.json").read_text())
-        state = json.loads((run_dir / "state.json").read_text())
+    rows = json.loads((run_dir / "results.json").read_text())
+    state = json.loads((run_dir / "state.json").read_text())
 
     print_results(rows, f"held-out arithmetic, policy-written workflows ({wall / 60:.1f} min)")
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "loop.json"
     out.write_text(
         json.dumps(
@@ -79,7 +80,7 @@ def main() -> None:
             indent=2,
         )
     )
-    print(f"results in {out}")
+    print(f"results in {out}; the run in {run_dir}")
 
 
 if __name__ == "__main__":

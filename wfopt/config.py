@@ -571,7 +571,8 @@ class LoopSettings:
     replay_episodes: int = knob(0, "also train on the trajectories of this many previous episodes")
     baselines: list[str] = knob(
         help="fixed reference workflows scored on the test problems (wfopt/baselines/<name>.py)",
-        factory=lambda: ["io", "cot"],  # cheap ones; bench/bench_loop.py scores all six
+        # the plain answer and the best single-operator workflow of the embedded default
+        factory=lambda: ["io", "programmer"],
     )
 
 

@@ -189,6 +189,14 @@ class Loop:
             "validation": self.dataset.problems("validation")[: lp.val_problems],
             "test": self.dataset.problems("test")[: lp.test_problems],
         }
+        for split, asked in (("validation", lp.val_problems), ("test", lp.test_problems)):
+            if len(self.held_out[split]) < asked:  # never a smaller held-out set in silence
+                log.warning(
+                    "loop.%s_problems=%d but %s/%s has %d problems: scoring %d (raise "
+                    "dataset.num_problems for arithmetic, or use a larger split)",
+                    "val" if split == "validation" else split, asked, cfg.dataset.name, split,
+                    len(self.held_out[split]), len(self.held_out[split]),
+                )  # fmt: skip
         if not self.train_problems or not all(self.held_out.values()):
             counts = ", ".join(f"{len(v)} {k}" for k, v in self.held_out.items())
             raise LoopError(
