@@ -87,7 +87,7 @@ def main() -> None:
             rows.append(row)
         out["settings"][name] = {"overrides": SETTINGS[name], "wall_time_s": wall, "rows": rows}
         print(f"\n{name} ({' '.join(SETTINGS[name]) or 'conf defaults'}), {wall / 60:.1f} min")
-        print(f"{'workflow':<13}{'accuracy [95% CI]':<24}{'tokens':>8}   vs io: diff [95% CI] p")
+        print(f"{'workflow':<16}{'accuracy [95% CI]':<24}{'tokens':>8}   vs io: diff [95% CI] p")
         for row in rows:
             low, high = row["accuracy_ci95"]
             paired = "-"
@@ -96,7 +96,7 @@ def main() -> None:
                 p = c["p_mcnemar"] if c["p_mcnemar"] is not None else c["p_bootstrap"]
                 paired = f"{c['diff']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] p={p:.3g}"
             print(
-                f"{row['workflow']:<13}{row['accuracy']:.3f} [{low:.3f}, {high:.3f}]   "
+                f"{row['workflow']:<16}{row['accuracy']:.3f} [{low:.3f}, {high:.3f}]   "
                 f"{row['mean_tokens']:>8.0f}   {paired}"
             )
     RESULTS.mkdir(parents=True, exist_ok=True)
