@@ -370,18 +370,18 @@ def test_uct_expands_the_root_first_then_descends_to_the_best_child():
         return 1.0 if "programmer" in wf.canonical_source else 0.0
 
     search = grow(
-        None, CountingEvaluator(score), iterations=6, max_children=2, early_stop_perfect=False
+        None, CountingEvaluator(score), iterations=12, max_children=2, early_stop_perfect=False
     )
     root = search.tree.root
     assert len(root.children) == 2
     deeper = [n for n in search.tree.nodes if n.depth == 2]
     assert deeper, "after the root was full, selection descended"
     values = {c: search.tree.nodes[c].value for c in root.children}
-    best_child = max(values, key=values.get)
-    if values[best_child] > 0:  # exploitation: the winner collected more visits
-        assert search.tree.nodes[best_child].visits >= min(
-            search.tree.nodes[c].visits for c in root.children
-        )
+    visits = {c: search.tree.nodes[c].visits for c in root.children}
+    best, worst = max(values, key=values.get), min(values, key=values.get)
+    assert values[best] > values[worst], values  # a `programmer` subtree was found ...
+    assert visits[best] > visits[worst], visits  # ... and exploitation went down it
+    assert any(n.parent == best for n in deeper), "selection descended into the best child"
 
 
 def test_aflow_selection_runs_and_respects_max_children():

@@ -44,11 +44,15 @@ OPERATOR_DOCS = (
     + "\n\nExamples:\n"
     "async def solve(problem):\n    return await generate(problem)\n\n"
     "async def solve(problem):\n    solution = await answer_generate(problem)\n"
-    "    return await format_answer(problem, solution)\n"
+    "    return await format_answer(problem, solution)\n\n"
+    "async def solve(problem):\n    result = await programmer(problem)\n    return result\n"
 )
-# Two example workflows show the form, not the answer: measured on 8 arithmetic problems,
-# the untrained SmolLM2's greedy workflows were valid 6/8 times with them, 0/8 without
-# (it wrote arithmetic and `print` instead of awaiting operators).
+# Example workflows show the form, not the answer: measured on 8 arithmetic problems, the
+# untrained SmolLM2's greedy workflows were valid 6/8 times with the first two, 0/8 without
+# (it wrote arithmetic and `print` instead of awaiting operators). The third shows how
+# `programmer` is called; on 12 problems of the default arithmetic the untrained greedy
+# workflows still call only `generate` (9 valid, 3 invalid; 8 and 4 without it), and of 64
+# samples at temperature 0.7 and 1.0 none calls `programmer`.
 # code tasks (HumanEval, MBPP): the answer is a function's source; `entry_point` is a global
 # holding the function's name
 CODE_OPERATOR_DOCS = (
