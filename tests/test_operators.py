@@ -89,9 +89,13 @@ def test_test_operator_uses_public_examples_in_the_sandbox(embedded_llm):
 
 
 def test_programmer_runs_model_code_in_the_sandbox(embedded_llm):
-    ops = Operators(embedded_llm, SamplingParams(max_new_tokens=64), MATH, programmer_retries=1)
-    output = run(ops.op_programmer(MATH.question))
-    assert isinstance(output, str)
+    # a product the model does not compute when asked, but writes as code (greedy: print(37 * 48))
+    product = Problem(id="m2", question="What is 37 * 48?", answer="1776", kind="math")
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=64)
+    ops = Operators(embedded_llm, greedy, product, programmer_retries=1)
+    output = run(ops.op_programmer(product.question))
+    assert output == "1776"  # the last line the sandboxed program printed
+    assert [e.detail for e in ops.ledger.entries if e.operator == "sandbox"] == ["ok"]
     operators = [e.operator for e in ops.ledger.entries]
     assert operators[0] == "programmer" and "sandbox" in operators
     assert ops.ledger.operator_calls == 1  # retries are not extra operator calls
