@@ -89,7 +89,7 @@ def test_test_operator_uses_public_examples_in_the_sandbox(embedded_llm):
 
 
 def test_programmer_runs_model_code_in_the_sandbox(embedded_llm):
-    # a product the model does not compute when asked, but writes as code (greedy: print(37 * 48))
+    # a two-digit product: the greedy program's printed line is the exact answer
     product = Problem(id="m2", question="What is 37 * 48?", answer="1776", kind="math")
     greedy = SamplingParams(temperature=0.0, max_new_tokens=64)
     ops = Operators(embedded_llm, greedy, product, programmer_retries=1)
