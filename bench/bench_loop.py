@@ -3,7 +3,8 @@
 Runs the real CLI (SmolLM2-135M as policy and frozen executor, built-in arithmetic) with a
 bigger budget than `make run`, then prints the table the loop wrote: the untrained policy and
 each episode on validation (the learning curve, and the episode selection), then on 200 test
-problems (the test split of `bench_baselines`) the baseline workflows, the untrained policy and the selected episode, with 95%
+problems (the test split of `bench_baselines`) the baseline workflows, the untrained policy
+and the selected episode, with 95%
 Wilson intervals and paired comparisons (difference [CI], p). Whatever the table shows is the
 result; nothing is filtered.
 
@@ -51,6 +52,7 @@ def main() -> None:
     wfopt = Path(sys.executable).with_name("wfopt")
     run_dir = RESULTS / "loop_run"  # kept for bench_groups and `wfopt report`; replaced each run
     shutil.rmtree(run_dir, ignore_errors=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="wfopt-bench-loop-") as tmp:
         args = [
             str(wfopt),
