@@ -181,8 +181,25 @@ async def solve(problem):
 def test_own_exceptions_become_workflow_errors():
     with pytest.raises(WorkflowError, match="ZeroDivisionError"):
         run_pure("async def solve(problem):\n    return 1 / 0\n")
-    with pytest.raises(WorkflowError, match="NameError"):
-        run_pure("async def solve(problem):\n    return undefined_name\n")
+    # assigned only on a branch not taken: the validator passes it, the run raises
+    unbound = "async def solve(problem):\n    if len(problem) > 9:\n        x = 1\n    return x\n"
+    with pytest.raises(WorkflowError, match="UnboundLocalError"):
+        run_pure(unbound)
+
+
+@pytest.mark.parametrize(
+    "body, name",
+    [
+        ("return await generate(problem, instruction)", "instruction"),
+        ("return undefined_name", "undefined_name"),
+        ("answer = await generate(problem)\n    return answr", "answr"),
+    ],
+)
+def test_names_never_assigned_are_invalid(body, name):
+    with pytest.raises(InvalidWorkflow, match=f"`{name}` is used but never assigned"):
+        parse_workflow(f"async def solve(problem):\n    {body}\n")
+    # a name assigned anywhere, or a comprehension's own variable, is fine
+    parse_workflow("async def solve(problem):\n    xs = [y for y in range(3)]\n    return xs\n")
 
 
 def test_builtins_are_restricted_at_run_time():

@@ -194,7 +194,21 @@ def validate(tree: ast.Module, operator_names: frozenset[str]) -> ast.AsyncFunct
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             for target in targets:
                 _check_target(target)
+    _check_names_defined(solve, callable_names | {"entry_point"})
     return solve
+
+
+def _check_names_defined(solve: ast.AsyncFunctionDef, known: frozenset[str]) -> None:
+    """Every name read is the parameter, an operator or builtin, or assigned somewhere in
+    `solve` (flow-insensitive): `generate(problem, instruction)` with no `instruction = ...`
+    fails at run time, and a workflow that can only crash is invalid, not a scored failure."""
+    assigned = {solve.args.args[0].arg} | {
+        n.id for n in ast.walk(solve) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+    }
+    for node in ast.walk(solve):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            if node.id not in known and node.id not in assigned:
+                raise _reject(node, f"name `{node.id}` is used but never assigned")
 
 
 def is_docstring(stmt: ast.stmt) -> bool:
