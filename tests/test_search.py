@@ -306,6 +306,44 @@ def test_parallel_trees_do_not_depend_on_which_evaluation_finishes_first(name):
     assert tree_signature(fast_first) == tree_signature(slow_first)
 
 
+class FreshPolicy(ScriptedPolicy):
+    """Proposes a new valid workflow at every call (a different instruction each time)."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    async def sample(self, task, parent, sample_index):
+        self.calls += 1
+        text = (
+            f"async def solve(problem):\n    return await generate(problem, 'Step {self.calls}.')"
+        )
+        return PolicySample(text)
+
+
+def test_edit_share_sends_that_share_of_expansions_to_edits_reproducibly():
+    def run(share, reverse=False):
+        policy = FreshPolicy()
+        evaluator = TimedEvaluator(delay_s=0.002, reverse=reverse)
+        search = grow(
+            policy,
+            evaluator,
+            iterations=20,
+            max_children=4,
+            edit_share=share,
+            early_stop_perfect=False,
+            parallel_expansions=3,
+        )
+        return search, policy
+
+    never, _ = run(0.0)
+    assert never.stats.edits == 0  # the policy always had something new
+    always, silent = run(1.0)
+    assert silent.calls == 0 and always.stats.edits == 20  # the policy was never asked
+    half, _ = run(0.5)
+    assert 4 <= half.stats.edits <= 16  # Binomial(20, 0.5): outside with p < 0.012
+    assert tree_signature(half) == tree_signature(run(0.5, reverse=True)[0])  # not timing
+
+
 def test_formatting_variants_are_one_node_and_nothing_runs_twice():
     variants = [
         "async def solve(problem):\n    return await generate(problem)",

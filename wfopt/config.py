@@ -353,6 +353,11 @@ class MCTSConfig:
         Proposer.policy, "policy: LLM proposals, edits as fallback | edits: no policy"
     )
     max_invalid_retries: int = knob(2, "extra policy samples when a proposal is invalid/duplicate")
+    edit_share: float = knob(
+        0.0,
+        "share of expansions made by a structural edit without asking the policy: exploration "
+        "of operators a weak policy never writes (0 = edits only as the fallback)",
+    )
     proposal_temperature: float = knob(1.0, "policy sampling temperature for proposals")
     proposal_max_tokens: int = knob(
         160, "the policy's generation budget for a workflow body (proposals)"

@@ -206,9 +206,12 @@ def _check_names_defined(solve: ast.AsyncFunctionDef, known: frozenset[str]) -> 
         n.id for n in ast.walk(solve) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
     }
     for node in ast.walk(solve):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
-            if node.id not in known and node.id not in assigned:
-                raise _reject(node, f"name `{node.id}` is used but never assigned")
+        if (
+            isinstance(node, ast.Name)
+            and isinstance(node.ctx, ast.Load)
+            and node.id not in known | assigned
+        ):
+            raise _reject(node, f"name `{node.id}` is used but never assigned")
 
 
 def is_docstring(stmt: ast.stmt) -> bool:

@@ -14,7 +14,8 @@ reward = mean score - `mcts.cost_weight` * min(1, mean tokens per run / `mcts.co
 Each iteration selects a node (UCT descent or AFlow's rule, see selection.py), asks the policy
 for a child (a prompt with the node's code, score and failure notes; `max_invalid_retries`
 extra samples when a proposal is invalid or already in the tree), falls back to a structural
-edit (edits.py) when the policy gives nothing new, evaluates the child once and backs its
+edit (edits.py) when the policy gives nothing new (or, for a share `mcts.edit_share` of
+expansions, without asking the policy: a weak policy never proposes some operators), evaluates the child once and backs its
 reward up the path. A canonical workflow is never evaluated twice: duplicates are rejected
 before evaluation. The tree stops growing after `mcts.iterations` evaluated children, when no
 node can be expanded, or (`mcts.early_stop_perfect`) once it holds a perfect workflow.
@@ -231,6 +232,11 @@ class TreeSearch:
     extra_samples: list[ExtraSample] = field(default_factory=list)
     # done once the expansion launched last has accepted its child (launch-order acceptance)
     _turn: asyncio.Future[None] | None = field(default=None, repr=False)
+    _expansions: int = field(default=0, repr=False)  # launched so far (the edit_share coin)
+
+    def __post_init__(self) -> None:
+        # drawn once, before anything else uses rng: edit_share = 0 leaves rng's draws as before
+        self._coin_seed = self.rng.random() if self.cfg.edit_share > 0 else 0.0
 
     async def run(self, seed_source: str, policy_samples: int = 0) -> Tree:
         seed = parse_workflow(seed_source)
@@ -424,10 +430,14 @@ class TreeSearch:
 
     async def _propose(self, node: Node) -> Proposal:
         """The policy's tries for a child of `node`, sampled at once (they batch); none
-        without a policy. Their sample indices are reserved before the first await, so a
-        parallel expansion of the same node samples others."""
-        if self.proposer is None:
-            return Proposal(0, 0, [])
+        without a policy, or when this expansion's `edit_share` coin says edit. Their sample
+        indices are reserved before the first await, so a parallel expansion of the same node
+        samples others."""
+        self._expansions += 1
+        # the coin depends on the tree's seed and the launch count only, never on timing
+        coin = random.Random(f"{self._coin_seed}:{self._expansions}").random()
+        if self.proposer is None or coin < float(self.cfg.edit_share):
+            return Proposal(node.proposals, node.proposals, [])
         first = node.proposals
         tries = 1 + max(0, int(self.cfg.max_invalid_retries))
         node.proposals = first + tries

@@ -308,8 +308,9 @@ def check_mcts_config(m: Any) -> None:
     for key in ("max_children", "rollouts", "concurrency", "parallel_expansions"):
         if m[key] < 1:
             problems.append(f"mcts.{key}={m[key]} (must be >= 1)")
-    if not 0 <= m.aflow_lambda <= 1:
-        problems.append(f"mcts.aflow_lambda={m.aflow_lambda} (must be in [0, 1])")
+    for key in ("aflow_lambda", "edit_share"):
+        if not 0 <= m[key] <= 1:
+            problems.append(f"mcts.{key}={m[key]} (must be in [0, 1])")
     if problems:
         raise SearchError("invalid search config: " + "; ".join(problems))
 
