@@ -21,6 +21,7 @@ TINY_LOOP = [
     "loop.val_problems=2",
     "loop.test_problems=3",
     "loop.baselines=[io]",
+    "loop.feedback_problems=1",
     "mcts.policy_samples=1",
     "loop.policy_max_tokens=40",
     "mcts.iterations=1",

@@ -22,7 +22,7 @@ CHOICE_KEYS = {
     "mcts.selection": "uct",
     "mcts.scope": "problem",
     "mcts.proposer": "edits",
-    "grpo.loss_agg": "seq_mean_token_mean",
+    "grpo.loss_agg": "token_mean",
     "grpo.adv_estimator": "rloo",
     "grpo.schedule": "cosine",
     "grpo.truncation": "truncate",
@@ -141,7 +141,7 @@ def test_knobs_that_cannot_act_are_named(composed):
     notes = C.inert_knobs(composed("search", "mcts.aflow_lambda=0.5"), "search")
     assert notes == ["mcts.aflow_lambda has no effect with mcts.selection=uct"]
     norm = C.inert_knobs(composed("train", "grpo.norm_tokens=100"), "train")
-    assert len(norm) == 1 and "loss_agg=token_mean" in norm[0]
+    assert len(norm) == 1 and "loss_agg=seq_mean_token_mean" in norm[0]
 
 
 def test_inert_knobs_are_warned_once(composed, caplog, monkeypatch):

@@ -557,7 +557,8 @@ def test_grpo_makes_the_better_workflow_more_likely_on_unseen_problems(policy):
     batch = collate_samples(
         list(TrajectoryDataset(groups, tokenizer, 1024)), tokenizer.pad_token_id
     )
-    cfg = GRPOConfig(lr=1e-5, micro_batch_size=4)  # the defaults: off-policy rows shaped
+    # both rows off-policy (no ids): the shaped rule, whose gradient is the weaker one
+    cfg = GRPOConfig(lr=1e-5, micro_batch_size=4, off_policy="shaped", loss_agg="token_mean")
     trainer = GRPOTrainer(model, cfg, pad_token_id=tokenizer.pad_token_id, total_steps=3)
     curve = [log_odds(model, tokenizer, held_out)]
     for _ in range(3):

@@ -135,6 +135,25 @@ def test_loop_killed_mid_episode_resumes_without_loss_or_duplicates(resumed_loop
     assert final["vs_best_baseline"]["diff"] == pytest.approx((sum(mine) - sum(io)) / 3)
     assert final["vs_untrained"]["diff"] == pytest.approx((sum(mine) - sum(untrained)) / 3)
     assert Path(state["checkpoint"]).is_dir()
+
+    # the feedback comparison: one train problem no episode searched, once per policy
+    feedback = state["feedback"]
+    assert list(feedback) == ["untrained policy", f"episode {selected}"]
+    trained_ids = {
+        r["problem_id"]
+        for e in ("000", "001")
+        for r in _lines(run / "episodes" / e / "trajectories.jsonl")
+    }
+    searched = []
+    for label, arm in feedback.items():
+        (line,) = _lines(run / "feedback" / label.replace(" ", "_") / "trajectories.jsonl")
+        searched.append(line["problem_id"])
+        first = arm["first_solve"][0]
+        assert arm["problems"] == 1 and arm["solved_fraction"] == (first is not None)
+        assert first is None or 1 <= first <= len(line["workflow_codes"])
+    assert searched[0] == searched[1] and searched[0] not in trained_ids
+    assert json.loads((run / "feedback.json").read_text()) == feedback
+
     metrics = _lines(run / "metrics.jsonl")
     assert any("train/pg_loss" in m for m in metrics)
     assert any("eval/valid_rate" in m for m in metrics)

@@ -256,7 +256,7 @@ def test_old_trajectory_files_still_train(tmp_path, embedded_llm):
     path = tmp_path / "old.jsonl"
     path.write_text(json.dumps(line) + "\n")
     (trajectory,) = read_trajectories(path)
-    dataset = _dataset([trajectory], embedded_llm.tokenizer)
+    dataset = _dataset([trajectory], embedded_llm.tokenizer, off_policy="shaped")
     assert [s["source"] for s in dataset.samples] == ["seed", "policy_sample"]
     assert all(s["off_policy"] for s in dataset.samples)
 

@@ -431,8 +431,12 @@ class GRPOConfig:
     )
     beta: float = knob(0.0, "k3 KL weight; 0 = no reference model (LoRA: adapters disabled)")
     entropy_coef: float = knob(0.0, "entropy bonus weight (loss -= entropy_coef * H)")
+    # seq_mean_token_mean and as_on_policy: on the embedded default, one episode's groups
+    # (half of them long invalid samples) collapsed the policy to `await await ...` under
+    # token_mean, and under shaped (the edits' positive signal too weak against the invalid
+    # samples' negative one); with both it wrote `programmer` workflows (README, "Learning")
     loss_agg: LossAgg = knob(
-        LossAgg.token_mean,
+        LossAgg.seq_mean_token_mean,
         "token_mean (DAPO) | seq_mean_token_mean (GRPO paper, DeepSeekMath) | "
         "seq_mean_token_sum_norm (Dr. GRPO: divided by num_seqs * norm_tokens)",
     )
@@ -442,7 +446,7 @@ class GRPOConfig:
         "policy's generation budget, mcts.proposal_max_tokens",
     )
     off_policy: OffPolicy = knob(
-        OffPolicy.shaped,
+        OffPolicy.as_on_policy,
         "workflows the policy did not sample (the tree's seed and edits): shaped = mixed-policy "
         "GRPO's f(p) = p / (p + gamma) per token (LUFFY, Yan et al. 2025) | drop = pure "
         "on-policy GRPO on the policy's own samples | as_on_policy = rho = 1 (wfopt 0.1)",
@@ -574,6 +578,12 @@ class LoopSettings:
         600.0, "held-out runs: seconds per workflow run (queue time not counted)"
     )
     replay_episodes: int = knob(0, "also train on the trajectories of this many previous episodes")
+    feedback_problems: int = knob(
+        0,
+        "after the test: search this many train problems no episode searched twice, with the "
+        "untrained and with the selected policy (same budget and seeds): does a better policy "
+        "make a better search? 0 = skip",
+    )
     baselines: list[str] = knob(
         help="fixed reference workflows scored on the test problems (wfopt/baselines/<name>.py)",
         # the plain answer and the best single-operator workflow of the embedded default

@@ -469,6 +469,7 @@ class Loop:
             )
             self.record(_row(f"episode {episode + 1}", "validation", episode + 1, summary))
         await self.final_test(done)
+        await self.feedback()
 
     async def final_test(self, done: set[tuple[str, str]]) -> None:
         """Score the test problems once: each baseline, the untrained policy and the episode
@@ -499,6 +500,55 @@ class Loop:
         add_paired_comparisons(state["results"], state["scores"], lp.baselines)
         self.record_all()
         self.tracker.summary(paired_metrics(state["results"]))
+
+    async def feedback(self) -> None:
+        """Better policy -> better search? The next `loop.feedback_problems` training problems
+        (never searched by an episode), searched once with the untrained policy and once with
+        the selected one, same config and seeds. Per arm: solved fraction, mean best reward
+        per tree, evaluations to the first solving workflow (solved trees)."""
+        from wfopt.search.runner import policy_proposer, search_problems
+
+        state, cfg = self.state, self.cfg
+        count = cfg.loop.feedback_problems
+        episode = select_episode(state["results"], cfg.loop.select)
+        if not count or episode is None or "feedback" in state:
+            return
+        problems = episode_problems(self.train_problems, cfg.seed, state["cursor"], count)
+        selected = state.get("checkpoints", {}).get(str(episode), state["checkpoint"])
+        arms = {}
+        for label, checkpoint in (("untrained policy", None), (f"episode {episode}", selected)):
+            self.policy = self._load_policy(checkpoint)
+            proposer = None
+            if cfg.mcts.proposer == "policy":
+                proposer = policy_proposer(cfg, self.policy, self.executor, self.dataset.kind)
+            out = self.run_dir / "feedback" / label.replace(" ", "_") / "trajectories.jsonl"
+            out.unlink(missing_ok=True)  # a killed try's trees: searched again, whole
+            report = await search_problems(
+                problems, dataset=self.dataset, dataset_name=cfg.dataset.name, split="train",
+                executor=self.executor, params=self.executor_params, proposer=proposer,
+                cfg=cfg, out_path=out, show_progress=cfg.show_progress,
+            )  # fmt: skip
+            metrics = report.metrics()
+            arms[label] = {
+                "problems": report.problems,
+                "solved_fraction": metrics["search/solved_fraction"],
+                "best_reward_mean": metrics["search/best_reward_mean"],
+                "evaluations_to_first_solve": metrics.get("search/evaluations_to_first_solve"),
+                "first_solve": report.first_solve,
+                "best_rewards": report.best_rewards,
+            }
+            await self._release_policy()
+        state["feedback"] = arms
+        save_state(self.run_dir, state)
+        (self.run_dir / "feedback.json").write_text(json.dumps(arms, indent=2))
+        self.tracker.summary(
+            {
+                f"feedback/{'trained' if i else 'untrained'}/{key}": arm[key]
+                for i, arm in enumerate(arms.values())
+                for key in ("solved_fraction", "best_reward_mean", "evaluations_to_first_solve")
+                if arm[key] is not None
+            }
+        )
 
     async def _release_policy(self) -> None:
         """Free a trained policy's memory before training loads the weights again."""
@@ -637,6 +687,26 @@ def print_results(rows: list[dict[str, Any]], title: str) -> None:
     )
 
 
+def print_feedback(arms: dict[str, dict[str, Any]]) -> None:
+    """The feedback comparison (`loop.feedback_problems`) as a table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="search on unseen train problems, by the policy proposing")
+    for column in ("policy", "trees", "solved", "mean best reward", "evals to first solve"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for label, arm in arms.items():
+        first = arm["evaluations_to_first_solve"]
+        table.add_row(
+            label,
+            str(arm["problems"]),
+            f"{arm['solved_fraction']:.3f}",
+            f"{arm['best_reward_mean']:.3f}",
+            "-" if first is None else f"{first:.2f}",
+        )
+    Console().print(table)
+
+
 def check_loop_config(cfg: DictConfig) -> None:
     from wfopt.grpo.train import TrainingError, check_config
     from wfopt.search.runner import check_mcts_config
@@ -661,7 +731,11 @@ def check_loop_config(cfg: DictConfig) -> None:
         for b in lp.baselines
         if b not in known
     ]
-    problems += [f"loop.{k}={lp[k]} (must be >= 0)" for k in ("replay_episodes",) if lp[k] < 0]
+    problems += [
+        f"loop.{k}={lp[k]} (must be >= 0)"
+        for k in ("replay_episodes", "feedback_problems")
+        if lp[k] < 0
+    ]
     if problems:
         raise LoopError("invalid loop config: " + "; ".join(problems))
     check_mcts_config(cfg.mcts)
@@ -767,6 +841,8 @@ def run(cfg: DictConfig) -> float:
     report_at_end(run_dir, cfg, loop.tracker)  # report.html + figures (report=false: none)
     loop.tracker.finish()
     print_results(rows, f"held-out {cfg.dataset.name}: baselines and policy-written workflows")
+    if state.get("feedback"):
+        print_feedback(state["feedback"])
     log.info("loop finished: %s", run_dir)
     selected = [r for r in rows if r["split"] == "test" and r["label"].endswith("(selected)")]
     return float(selected[-1]["accuracy"]) if selected else 0.0

@@ -11,11 +11,12 @@ per workflow:
   on-policy: the ordinary clipped GRPO term.
 - **off-policy workflows** (seed, structural edits, files without ids): tokenized under the
   plain training prompt as `body + [EOS]`, and treated per `off_policy`:
-  - `"shaped"` (default): mixed-policy GRPO's regularized importance shaping, f(p) =
+  - `"shaped"`: mixed-policy GRPO's regularized importance shaping, f(p) =
     p / (p + gamma) per token (formula in `losses.py`);
   - `"drop"`: left out of the loss and of the group baseline (pure on-policy GRPO);
-  - `"as_on_policy"`: trained as if the policy had sampled them (rho = 1), the behaviour of
-    wfopt <= 0.1, kept for comparison.
+  - `"as_on_policy"` (default): trained as if the policy had sampled them (rho = 1). On the
+    embedded default it is the rule under which the policy learned to write `programmer`
+    workflows; `shaped` collapsed it (README, "Learning").
 
 Groups: samples are tokenized first; those too long (`truncation="drop"`) or dropped by the
 off-policy rule leave, and the advantages are computed over what remains, so a group's
@@ -88,7 +89,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
         eps: float = 1e-4,
         estimator: str = "grpo",
         chat_template: bool = True,
-        off_policy: str = "shaped",
+        off_policy: str = "as_on_policy",
         drop_zero_std_groups: bool = False,
     ) -> None:
         if truncation not in ("drop", "truncate"):

@@ -17,6 +17,7 @@ import json
 import logging
 import random
 import re
+import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -177,6 +178,8 @@ class SearchReport:
     batches: tuple[int, int] | None = None
     # per problem: (id, seed score, best score, best reward, workflows, best node's origin)
     per_problem: list[tuple[str, float, float, float, int, str]] = field(default_factory=list)
+    # per tree: evaluations up to its first workflow scoring 1 (the seed is 1), None: none did
+    first_solve: list[int | None] = field(default_factory=list)
 
     def add(self, search: TreeSearch) -> None:
         tree = search.tree
@@ -190,6 +193,8 @@ class SearchReport:
             (str(search.task_id), tree.root.score, best.score, best.reward, len(tree), best.origin)
         )
         self.stats.add(search.stats)
+        solving = (i + 1 for i, node in enumerate(tree.nodes) if node.score >= 1.0)
+        self.first_solve.append(next(solving, None))
         used: set[str] = set()
         for node in tree.nodes:
             used |= operators_used(node.source)
@@ -231,6 +236,9 @@ class SearchReport:
                 stats.evaluations / self.wall_time_s * 60 if self.wall_time_s else 0.0
             ),
         }
+        firsts = [f for f in self.first_solve if f is not None]
+        if firsts:  # mean over the solved trees
+            metrics["search/evaluations_to_first_solve"] = statistics.mean(firsts)
         if self.cost_usd is not None:
             metrics["search/cost_usd"] = self.cost_usd
         metrics.update(batch_metrics(self.batches))
