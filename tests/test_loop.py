@@ -83,6 +83,11 @@ def test_plan_counts_by_hand():
     assert rows["policy samples, search (max)"] == 15 * (4 + 6 * 3)
     # validation before and after each of 3 episodes, test for the untrained and selected
     assert rows["policy samples, held-out evaluations"] == (4 * 10 + 2 * 20) * 2
+    assert rows["feedback search (after the test)"] == "-"
+    cfg.mcts.edit_share, cfg.loop.feedback_problems = 1.0, 8  # no expansion asks the policy
+    rows = plan(cfg)
+    assert rows["policy samples, search (max)"] == 15 * 4
+    assert rows["feedback search (after the test)"] == "8 unseen train problems x 2 policies"
 
 
 def test_dry_run_prints_the_plan_and_loads_nothing(cli, tmp_path):

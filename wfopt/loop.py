@@ -130,7 +130,8 @@ def plan(
     """Budgets and upper bounds on LLM calls, from the config alone."""
     lp, m = cfg.loop, cfg.mcts
     per_tree_evals = 1 + m.iterations + m.policy_samples
-    per_tree_proposals = m.policy_samples + m.iterations * (1 + m.max_invalid_retries)
+    asks_policy = m.get("edit_share", 0.0) < 1  # edit_share=1: every expansion is an edit
+    per_tree_proposals = m.policy_samples + asks_policy * m.iterations * (1 + m.max_invalid_retries)
     problems = lp.episodes * lp.problems_per_episode
     runs = problems * per_tree_evals * m.rollouts
     evals = ((lp.episodes + 1) * lp.val_problems + 2 * lp.test_problems) * lp.eval_samples
@@ -149,6 +150,11 @@ def plan(
         "policy samples, search (max)": problems * per_tree_proposals,
         "policy samples, held-out evaluations": evals,
         "GRPO steps per episode": cfg.grpo.max_steps if cfg.grpo.max_steps else "all samples",
+        "feedback search (after the test)": (
+            f"{feedback} unseen train problems x 2 policies"
+            if (feedback := lp.get("feedback_problems", 0))
+            else "-"
+        ),
         "policy": f"{cfg.model.name} ({cfg.model.path}), LoRA={cfg.model.lora.enabled}",
         "executor": f"{cfg.executor.backend}"
         + (f" {cfg.executor.model} at {cfg.executor.base_url}" if cfg.executor.base_url else ""),
