@@ -7,6 +7,7 @@ that need no LLM use no operators, so nothing here is mocked.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import pytest
@@ -185,6 +186,18 @@ def test_own_exceptions_become_workflow_errors():
     unbound = "async def solve(problem):\n    if len(problem) > 9:\n        x = 1\n    return x\n"
     with pytest.raises(WorkflowError, match="UnboundLocalError"):
         run_pure(unbound)
+
+
+def test_operator_calls_that_cannot_bind_are_invalid():
+    # measured: a trained policy wrote `await review(problem)`, which can only crash
+    for body, reason in [
+        ("return await review(problem)", "review(): missing a required argument: 'solution'"),
+        ("return await generate(problem, 'a', 'b')", "generate(): too many positional"),
+        ("return await generate(problem, style='x')", "unexpected keyword argument 'style'"),
+    ]:
+        with pytest.raises(InvalidWorkflow, match=re.escape(reason)):
+            parse_workflow(f"async def solve(problem):\n    {body}\n")
+    parse_workflow("async def solve(problem):\n    return await programmer(problem, analysis='')\n")
 
 
 @pytest.mark.parametrize(

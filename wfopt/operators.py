@@ -130,6 +130,22 @@ def answer_key(text: str, kind: str = "math") -> str:
     return (match[-1] if match else text).strip().lower()
 
 
+def operator_call_error(name: str, positional: int, keywords: list[str]) -> str | None:
+    """Why a call of operator `name` with `positional` arguments and these keywords can never
+    bind to its signature (`review(problem)`: a missing `solution`), or None. Unknown names:
+    None (the validator's allow-list rejects them)."""
+    method = getattr(Operators, f"op_{name}", None)
+    if method is None:
+        return None
+    signature = inspect.signature(method)
+    signature = signature.replace(parameters=list(signature.parameters.values())[1:])  # self
+    try:
+        signature.bind(*[None] * positional, **dict.fromkeys(keywords))
+    except TypeError as err:
+        return f"{name}(): {err}"
+    return None
+
+
 def _attributed(name: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
     """`method` as a workflow calls it, with every failure attributed (module docstring)."""
     signature = inspect.signature(method)

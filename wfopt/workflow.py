@@ -494,9 +494,9 @@ class Workflow:
 
 def parse_workflow(source: str, operator_names: frozenset[str] | None = None) -> Workflow:
     """Parse + validate + guard `source`. Raises `InvalidWorkflow` with a clear reason."""
-    if operator_names is None:
-        from wfopt.operators import OPERATOR_NAMES
+    from wfopt.operators import OPERATOR_NAMES, operator_call_error
 
+    if operator_names is None:
         operator_names = OPERATOR_NAMES
     if not isinstance(source, str) or not source.strip():
         raise InvalidWorkflow("empty workflow")
@@ -509,6 +509,16 @@ def parse_workflow(source: str, operator_names: frozenset[str] | None = None) ->
     except (ValueError, RecursionError, MemoryError) as err:
         raise InvalidWorkflow(f"unparseable workflow: {type(err).__name__}") from None
     solve = validate(tree, operator_names)
+    for node in ast.walk(solve):  # an operator call that can never bind only crashes: invalid
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in operator_names
+        ):
+            keywords = [k.arg for k in node.keywords if k.arg]
+            error = operator_call_error(node.func.id, len(node.args), keywords)
+            if error:
+                raise _reject(node, error)
 
     reserved = operator_names | BUILTIN_NAMES
     normalized = _Normalizer(reserved).normalize(ast.parse(source), solve.args.args[0].arg)
