@@ -65,6 +65,17 @@ def run_execute(source: str, llm) -> object:
     [
         ("async def solve(problem):\n    return 1 // 0\n", "ZeroDivisionError"),
         ("async def solve(problem):\n    return await ensemble(problem, 5)\n", "must be a list"),
+    ],
+)
+def test_the_workflows_own_faults_are_scored_failures(source, detail):
+    record = run_execute(source, EchoLLM())
+    assert record.score == 0.0 and record.error == "runtime_error"
+    assert detail in record.detail
+
+
+@pytest.mark.parametrize(
+    ("source", "detail"),
+    [
         (
             "async def solve(problem):\n    return await generate(problem, 'a', 'b', 'c')\n",
             "too many positional arguments",
@@ -72,10 +83,11 @@ def run_execute(source: str, llm) -> object:
         ("async def solve(problem):\n    return await review(problem)\n", "missing a required"),
     ],
 )
-def test_the_workflows_own_faults_are_scored_failures(source, detail):
-    record = run_execute(source, EchoLLM())
-    assert record.score == 0.0 and record.error == "runtime_error"
-    assert detail in record.detail
+def test_operator_calls_that_cannot_bind_are_invalid_before_any_call(source, detail):
+    llm = EchoLLM()
+    record = run_execute(source, llm)
+    assert record.score == 0.0 and record.error == "invalid" and detail in record.detail
+    assert llm.calls == 0
 
 
 def test_a_cache_fault_inside_an_operator_stops_the_run(tmp_path):
