@@ -431,10 +431,9 @@ class GRPOConfig:
     )
     beta: float = knob(0.0, "k3 KL weight; 0 = no reference model (LoRA: adapters disabled)")
     entropy_coef: float = knob(0.0, "entropy bonus weight (loss -= entropy_coef * H)")
-    # seq_mean_token_mean and as_on_policy: on the embedded default, one episode's groups
-    # (half of them long invalid samples) collapsed the policy to `await await ...` under
-    # token_mean, and under shaped (the edits' positive signal too weak against the invalid
-    # samples' negative one); with both it wrote `programmer` workflows (README, "Learning")
+    # seq_mean_token_mean and as_on_policy: trained on one real search's groups (half of them
+    # long invalid samples), the embedded policy collapsed under token_mean (`await await ...`)
+    # and under shaped (invalid code); with both it wrote `programmer` (README, "Learning")
     loss_agg: LossAgg = knob(
         LossAgg.seq_mean_token_mean,
         "token_mean (DAPO) | seq_mean_token_mean (GRPO paper, DeepSeekMath) | "
