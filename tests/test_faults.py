@@ -316,10 +316,12 @@ class FlakyServer:
     """A real OpenAI-compatible HTTP server on 127.0.0.1 that fails at random.
 
     Draw k of a seeded RNG decides whether the k-th request is a fault; the faults cycle
-    through 500, 429 with Retry-After, a timeout (no answer within the client's timeout), a
-    dropped connection and malformed JSON. Healthy answers are a fixed function of the prompt
-    (the gold answer of the problem in it, or gold + 1), so a run's results do not depend on
-    which requests failed. `down=True`: every request is a 503 (an outage).
+    through 500, 429 (both with a 10 ms Retry-After), a timeout (no answer within the
+    client's timeout), a dropped connection and malformed JSON (these three are retried after
+    the openai client's backoff schedule, 0.375-0.5 s at first). Healthy answers are a fixed
+    function of the prompt (the gold answer of the problem in it, or gold + 1), so a run's
+    results do not depend on which requests failed. `down=True`: every request is a 503 (an
+    outage; also with the 10 ms Retry-After).
     """
 
     def __init__(self, golds: dict[str, str], fault_rate: float, seed: int = 0) -> None:
@@ -349,8 +351,9 @@ class FlakyServer:
 
                     time.sleep(CLIENT_TIMEOUT_S + 0.3)
                 status, headers, data = 200, {}, b'{"id": "x", "choices": [ {"mess'
-                if fault in ("500", "down"):
+                if fault in ("500", "down"):  # Retry-After: no 0.5-8 s client backoff
                     status, data = (503 if fault == "down" else 500), b'{"error": {"message": "x"}}'
+                    headers = {"Retry-After": "0.01"}
                 elif fault == "429":
                     status, headers, data = 429, {"Retry-After": "0.01"}, b'{"error": {}}'
                 elif fault in (None, "timeout"):
@@ -428,7 +431,7 @@ def executor_args(server: FlakyServer, retries: int = 12) -> list[str]:
     return [
         "executor=openai", "executor.model=flaky", f"executor.base_url={server.url}",
         f"executor.max_retries={retries}", f"executor.timeout_s={CLIENT_TIMEOUT_S}",
-        "executor.retry_backoff_s=0.01", "executor.cache=false", "dataset.num_problems=60",
+        "executor.cache=false", "dataset.num_problems=60",
     ]  # fmt: skip
 
 

@@ -390,15 +390,20 @@ def test_build_executor(embedded_llm, tmp_path):
 
 
 class ServerState:
-    """What the loopback server answers (`script`: statuses or "slow", then 200) and saw."""
+    """What the loopback server answers (`script`: statuses, "slow", "malformed" (JSON that
+    does not parse) or "incomplete" (JSON without choices), then 200) and saw. An error status
+    comes with `Retry-After: retry_after` unless that is None."""
 
     def __init__(self, script: list[int | str]):
         self.script = script
         self.requests: list[dict] = []
+        self.retry_counts: list[str | None] = []  # the client's x-stainless-retry-count
+        self.arrivals: list[float] = []  # time.monotonic() of each request
         self.in_flight = 0
         self.max_in_flight = 0
         self.lock = threading.Lock()
         self.delay_s = 0.0
+        self.retry_after: str | None = "0.01"  # keeps the client's retries quick
 
 
 def start_server(state: ServerState) -> tuple[ThreadingHTTPServer, str]:
@@ -415,15 +420,22 @@ def start_server(state: ServerState) -> tuple[ThreadingHTTPServer, str]:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with state.lock:
                 state.requests.append(body)
+                state.retry_counts.append(self.headers.get("x-stainless-retry-count"))
+                state.arrivals.append(time.monotonic())
                 status = state.script.pop(0) if state.script else 200
                 state.in_flight += 1
                 state.max_in_flight = max(state.max_in_flight, state.in_flight)
             time.sleep(1.0 if status == "slow" else state.delay_s)
             with state.lock:
                 state.in_flight -= 1
-            status = 200 if status == "slow" else status
+            kind, status = status, 200 if isinstance(status, str) else status
+            headers = {}
             if status != 200:
                 payload = {"error": {"message": f"scripted status {status}"}}
+                if state.retry_after is not None:
+                    headers["Retry-After"] = state.retry_after
+            elif kind == "incomplete":
+                payload = {"id": "x", "object": "chat.completion", "model": body["model"]}
             else:
                 payload = {
                     "id": "x",
@@ -443,8 +455,12 @@ def start_server(state: ServerState) -> tuple[ThreadingHTTPServer, str]:
                     "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16},
                 }
             data = json.dumps(payload).encode()
+            if kind == "malformed":
+                data = data[: len(data) // 2]  # cut off mid-object
             try:
                 self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -482,8 +498,13 @@ def server():
 
 
 def fast(url: str, **kwargs) -> OpenAILLM:
-    """A client with millisecond backoff so retry tests stay quick."""
-    return OpenAILLM("m", url, backoff_s=0.01, max_backoff_s=0.05, **kwargs)
+    """A client whose retries stay quick: the client's own (statuses) wait the server's
+    Retry-After (`ServerState.retry_after`), ours (malformed replies) 10 ms."""
+    return OpenAILLM("m", url, malformed_backoff_s=0.01, **kwargs)
+
+
+def counters(llm: OpenAILLM) -> tuple[int, int, int]:
+    return llm.requests, llm.attempts, llm.retries
 
 
 def test_openai_success_usage_and_cost(server):
@@ -496,6 +517,7 @@ def test_openai_success_usage_and_cost(server):
     sent = state.requests[0]
     assert (sent["model"], sent["max_tokens"], sent["seed"]) == ("served-model", 7, 7)
     assert sent["messages"] == msgs("ping")
+    assert counters(llm) == (1, 1, 0)
     unpriced = OpenAILLM("served-model", url)
     assert asyncio.run(unpriced.complete(msgs("ping"), SamplingParams())).cost_usd is None
 
@@ -504,7 +526,17 @@ def test_openai_retries_429_then_succeeds(server):
     state, url = server([429, 429])
     llm = fast(url, max_retries=3)
     assert asyncio.run(llm.complete(msgs("x"), SamplingParams())).text == "echo: x"
-    assert len(state.requests) == 3 and llm.attempts == 3
+    assert len(state.requests) == 3 and counters(llm) == (1, 3, 2)
+    assert state.retry_counts == ["0", "1", "2"]  # the client's own retries
+
+
+def test_openai_waits_what_the_server_asks(server):
+    """A 429's Retry-After (1 s) paces the retry, not the client's first backoff (<= 0.5 s)."""
+    state, url = server([429])
+    state.retry_after = "1"
+    llm = fast(url, max_retries=1)
+    assert asyncio.run(llm.complete(msgs("x"), SamplingParams())).text == "echo: x"
+    assert counters(llm) == (1, 2, 1) and state.arrivals[1] - state.arrivals[0] >= 0.95
 
 
 def test_openai_gives_up_after_max_retries(server):
@@ -512,29 +544,66 @@ def test_openai_gives_up_after_max_retries(server):
     llm = fast(url, max_retries=2)
     with pytest.raises(LLMError, match=r"HTTP 500 after 3 attempt") as err:
         asyncio.run(llm.complete(msgs("x"), SamplingParams()))
-    assert url in str(err.value) and len(state.requests) == 3
+    assert url in str(err.value) and len(state.requests) == 3 and counters(llm) == (1, 3, 2)
 
 
 def test_openai_does_not_retry_a_bad_request(server):
-    state, url = server([400])
-    with pytest.raises(LLMError, match=r"HTTP 400 after 1 attempt"):
-        asyncio.run(fast(url, max_retries=3).complete(msgs("x"), SamplingParams()))
-    assert len(state.requests) == 1
+    state, url = server([429, 400])
+    llm = fast(url, max_retries=3)
+    with pytest.raises(LLMError, match=r"HTTP 400 after 2 attempt"):
+        asyncio.run(llm.complete(msgs("x"), SamplingParams()))
+    assert len(state.requests) == 2 and counters(llm) == (1, 2, 1)
 
 
 def test_openai_retries_a_timeout(server):
     state, url = server(["slow"])
     llm = fast(url, max_retries=2, timeout_s=0.3)
     assert asyncio.run(llm.complete(msgs("x"), SamplingParams())).text == "echo: x"
-    assert len(state.requests) == 2
+    assert len(state.requests) == 2 and counters(llm) == (1, 2, 1)
+
+
+def test_openai_gives_up_on_timeouts(server):
+    state, url = server(["slow", "slow"])
+    llm = fast(url, max_retries=1, timeout_s=0.3)
+    with pytest.raises(LLMError, match=r"timeout error after 2 attempt") as err:
+        asyncio.run(llm.complete(msgs("x"), SamplingParams()))
+    assert url in str(err.value) and len(state.requests) == 2 and counters(llm) == (1, 2, 1)
 
 
 def test_openai_connection_refused_is_a_clear_error():
     url = f"http://127.0.0.1:{closed_port()}/v1"
-    llm = fast(url, max_retries=2, timeout_s=2)
-    with pytest.raises(LLMError, match=r"connection error after 3 attempt") as err:
+    llm = fast(url, max_retries=1, timeout_s=2)
+    with pytest.raises(LLMError, match=r"connection error after 2 attempt") as err:
         asyncio.run(llm.complete(msgs("x"), SamplingParams()))
-    assert url in str(err.value) and llm.attempts == 3
+    assert url in str(err.value) and counters(llm) == (1, 2, 1)
+
+
+def test_openai_retries_malformed_replies(server):
+    """JSON that does not parse and JSON without the completion are retried by hand, in the
+    same budget as the client's retries (here a 500 between them)."""
+    state, url = server(["malformed", 500, "incomplete"])
+    llm = fast(url, max_retries=3)
+    assert asyncio.run(llm.complete(msgs("x"), SamplingParams())).text == "echo: x"
+    assert len(state.requests) == 4 and counters(llm) == (1, 4, 3)
+    assert state.retry_counts == ["0", "0", "1", "0"]  # ours start the client's count anew
+
+
+@pytest.mark.parametrize(
+    ("script", "failure"),
+    [
+        (["malformed"] * 5, "malformed response"),
+        (["incomplete"] * 5, "malformed response"),
+        (["malformed", 500, "malformed", 200], "malformed response"),
+        (["malformed", 500, 500, 200], "HTTP 500"),  # the client has 2 of the 3 attempts
+    ],
+)
+def test_openai_gives_up_on_malformed_replies(server, script, failure):
+    """Malformed replies and the client's retries share one budget: 3 attempts in all."""
+    state, url = server(script)
+    llm = fast(url, max_retries=2)
+    with pytest.raises(LLMError, match=rf"{failure} after 3 attempt") as err:
+        asyncio.run(llm.complete(msgs("x"), SamplingParams()))
+    assert url in str(err.value) and len(state.requests) == 3 and counters(llm) == (1, 3, 2)
 
 
 def test_openai_bounds_concurrency(server):

@@ -1,11 +1,22 @@
 """Any OpenAI-compatible server (vLLM, SGLang, llama.cpp server, OpenAI) as an executor.
 
-Uses the official `openai` async client with its own retries switched off: we retry here,
-with exponential backoff and jitter, on exactly the transient failures (connection errors,
-timeouts, 408/409/429 and 5xx; a server's `Retry-After` wins when it is sane; a malformed
-response: JSON that does not parse or lacks the completion), so the policy is visible,
-configurable (`executor.retry_backoff_s`) and counted (`requests`, `retries`: logged as
-`executor/requests`, `executor/retries`).
+Retries are the official `openai` async client's own (`AsyncOpenAI(max_retries=...)`; as read
+in openai 3.60 `_base_client.py`): it retries connection errors, timeouts and the statuses
+408, 409, 429 and 5xx (a server's `x-should-retry: true|false` overrides that), waiting what
+a server's `retry-after-ms` / `Retry-After` asks when that is in (0, 120] s, else backing off
+0.5 s doubling to at most 8 s, less up to 25% jitter. It does not retry other 4xx, nor a
+`Retry-After` over 120 s. Its backoff takes no argument, hence no `executor.retry_backoff_s`.
+
+Kept by hand, because the client lacks it:
+- a malformed response (JSON that does not parse, or a reply that is not a chat completion)
+  is retried like a transient failure, after the client's backoff schedule, within the same
+  budget: at most `max_retries` retries per completion, whatever failed;
+- after the last attempt every failure is an `LLMError` naming the model and URL, the kind
+  (HTTP status, timeout, connection, malformed) and the attempts it took;
+- counting, logged as `executor/requests` and `executor/retries`: `requests` (completions
+  asked for), `attempts` (HTTP requests sent: a request hook on the HTTP client we pass as
+  `http_client=`) and `retries` (requests the client marks as its retries in
+  `x-stainless-retry-count`, plus ours); the client itself reports retries only on success.
 Concurrency is bounded by a semaphore; token usage comes from the response.
 """
 
@@ -23,22 +34,16 @@ from wfopt.llm.base import Completion, LLMError, Message, SamplingParams
 if TYPE_CHECKING:
     from wfopt.config import ExecutorConfig
 
-RETRY_STATUS = frozenset({408, 409, 429})  # plus every 5xx
-MAX_RETRY_AFTER_S = 60.0  # a longer Retry-After is ignored in favour of our own backoff
+RETRY_COUNT_HEADER = "x-stainless-retry-count"  # the client's retry number on each request
+BACKOFF_S, MAX_BACKOFF_S = 0.5, 8.0  # the client's backoff, for the retries we make
 
 
-def _retry_after(headers: Any) -> float | None:
-    """Seconds the server asked us to wait (`retry-after-ms` or `retry-after`), if any."""
-    if headers is None:
-        return None
-    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        try:
-            value = float(headers.get(name)) * scale
-        except (TypeError, ValueError):
-            continue
-        if 0 <= value <= MAX_RETRY_AFTER_S:
-            return value
-    return None
+def _tries(request: Any) -> int:
+    """HTTP requests the client sent for one call, from its last request (1 + its retries)."""
+    try:
+        return int(request.headers.get(RETRY_COUNT_HEADER, "0")) + 1
+    except (AttributeError, ValueError):
+        return 1
 
 
 class _Malformed(ValueError):
@@ -70,8 +75,7 @@ class OpenAILLM:
         max_concurrency: int = 32,
         max_retries: int = 4,
         timeout_s: float = 120.0,
-        backoff_s: float = 0.5,
-        max_backoff_s: float = 8.0,
+        malformed_backoff_s: float = BACKOFF_S,
         price_prompt_per_m: float | None = None,
         price_completion_per_m: float | None = None,
     ) -> None:
@@ -81,8 +85,7 @@ class OpenAILLM:
         self.max_concurrency = max(1, int(max_concurrency))
         self.max_retries = max(0, int(max_retries))
         self.timeout_s = float(timeout_s)
-        self.backoff_s = float(backoff_s)
-        self.max_backoff_s = float(max_backoff_s)
+        self.malformed_backoff_s = float(malformed_backoff_s)  # first wait; doubles, max 8 s
         self.prices = (price_prompt_per_m, price_completion_per_m)
         self.attempts = 0  # HTTP requests sent, retries included
         self.requests = 0  # completions asked for
@@ -102,7 +105,6 @@ class OpenAILLM:
             max_concurrency=cfg.max_concurrency,
             max_retries=cfg.max_retries,
             timeout_s=cfg.timeout_s,
-            backoff_s=cfg.retry_backoff_s,
             price_prompt_per_m=cfg.price_prompt_per_m,
             price_completion_per_m=cfg.price_completion_per_m,
         )
@@ -114,43 +116,49 @@ class OpenAILLM:
             return None
         return (prompt_tokens * prompt_price + completion_tokens * completion_price) / 1e6
 
+    async def _count(self, request: Any) -> None:
+        """Request hook of the HTTP client: every request sent, and whether it is a retry."""
+        self.attempts += 1
+        self.retries += _tries(request) > 1
+
     def _session(self) -> tuple[Any, asyncio.Semaphore]:
         """Client and semaphore of the running event loop (both are bound to one loop)."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._client is None or self._semaphore is None:
-            from openai import AsyncOpenAI
+            from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
             self._loop = loop
             self._client = AsyncOpenAI(
                 base_url=self.base_url,
                 api_key=self.api_key,
-                max_retries=0,  # retries are ours (see module docstring)
+                max_retries=self.max_retries,
                 timeout=self.timeout_s,
+                http_client=DefaultAsyncHttpxClient(event_hooks={"request": [self._count]}),
             )
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
         return self._client, self._semaphore
 
-    def _backoff(self, attempt: int, headers: Any = None) -> float:
-        server = _retry_after(headers)
-        if server is not None:
-            return server
-        delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
-        return delay * random.uniform(0.75, 1.25)
+    def _backoff(self, retry: int) -> float:
+        """The client's schedule (see module docstring) for our `retry`-th retry (0-based)."""
+        delay = min(MAX_BACKOFF_S, self.malformed_backoff_s * 2**retry)
+        return delay * (1 - 0.25 * random.random())
 
     async def _create(
         self, client: Any, messages: list[Message], params: SamplingParams, sample_index: int
     ) -> tuple[str, Any]:
-        """(text, usage) of one chat completion, retried on transient failures; LLMError after
-        the last."""
+        """(text, usage) of one chat completion. The client retries transient failures; we
+        retry malformed responses within the same budget. LLMError after the last attempt."""
         import openai
 
         where = f"{self.name} at {self.base_url or 'api.openai.com'}"
-        for attempt in range(self.max_retries + 1):
-            last = attempt == self.max_retries
-            self.attempts += 1
-            self.retries += attempt > 0
+        sent = 0  # HTTP requests of this completion so far
+        while True:
+            # what is left of the budget (max_retries) after the requests already sent
+            caller = (
+                client if sent == 0 else client.with_options(max_retries=self.max_retries - sent)
+            )
             try:
-                response = await client.chat.completions.create(
+                raw = await caller.chat.completions.with_raw_response.create(
                     model=self.name,
                     messages=messages,
                     temperature=params.temperature,
@@ -158,29 +166,26 @@ class OpenAILLM:
                     max_tokens=params.max_new_tokens,
                     seed=params.seed + sample_index,  # distinct, reproducible samples (vLLM)
                 )
-                return _completion_of(response)
+                sent += raw.retries_taken + 1
+                return _completion_of(raw.parse())
             except openai.APIStatusError as err:
-                status = err.status_code
-                if last or not (status in RETRY_STATUS or status >= 500):
-                    raise LLMError(
-                        f"{where}: HTTP {status} after {attempt + 1} attempt(s): {err.message}"
-                    ) from err
-                await asyncio.sleep(self._backoff(attempt, err.response.headers))
+                raise LLMError(
+                    f"{where}: HTTP {err.status_code} after {sent + _tries(err.request)} "
+                    f"attempt(s): {err.message}"
+                ) from err
             except openai.APIConnectionError as err:  # refused, reset, DNS, timeout
-                if last:
-                    kind = "timeout" if isinstance(err, openai.APITimeoutError) else "connection"
-                    raise LLMError(
-                        f"{where}: {kind} error after {attempt + 1} attempt(s): "
-                        f"{err.__cause__ or err}"
-                    ) from err
-                await asyncio.sleep(self._backoff(attempt))
+                kind = "timeout" if isinstance(err, openai.APITimeoutError) else "connection"
+                raise LLMError(
+                    f"{where}: {kind} error after {sent + _tries(err.request)} attempt(s): "
+                    f"{err.__cause__ or err}"
+                ) from err
             except (json.JSONDecodeError, openai.APIResponseValidationError, _Malformed) as err:
-                if last:
+                if sent > self.max_retries:
                     raise LLMError(
-                        f"{where}: malformed response after {attempt + 1} attempt(s): {err}"
+                        f"{where}: malformed response after {sent} attempt(s): {err}"
                     ) from err
-                await asyncio.sleep(self._backoff(attempt))
-        raise AssertionError("unreachable")
+                await asyncio.sleep(self._backoff(sent - 1))
+                self.retries += 1  # the next request is ours, the client counts it as a first
 
     async def complete(
         self, messages: list[Message], params: SamplingParams, sample_index: int = 0
