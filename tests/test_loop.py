@@ -218,6 +218,11 @@ def test_resume_keeps_the_runs_config_and_applies_dotted_overrides(tmp_path):
         resumed_config(tmp_path, ["model=qwen2_7b"])
     with pytest.raises(LoopError, match="missing"):
         resumed_config(tmp_path / "elsewhere", [])
+    old = OmegaConf.to_container(saved)
+    old["executor"]["retry_backoff_s"] = 0.5  # a key an earlier wfopt had
+    OmegaConf.save(OmegaConf.create(old), tmp_path / ".hydra" / "config.yaml")
+    with pytest.raises(LoopError, match=r"retry_backoff_s.*the wfopt version that started it"):
+        resumed_config(tmp_path, [])
 
 
 @pytest.mark.slow

@@ -19,7 +19,12 @@ from wfopt.evaluate import Record
 from wfopt.policy import RESPONSE_PREFIX, PolicySample, policy_response, workflow_from_completion
 from wfopt.search.edits import EDIT_KINDS, edit_variants, propose_edit
 from wfopt.search.mcts import Evaluation, TreeSearch, cost_penalized_reward, failure_notes
-from wfopt.search.runner import SearchError, finished_problem_ids, trajectory_record
+from wfopt.search.runner import (
+    SearchError,
+    check_mcts_config,
+    finished_problem_ids,
+    trajectory_record,
+)
 from wfopt.search.selection import aflow_choice, aflow_probabilities, uct_choice, uct_score
 from wfopt.search.tree import Tree
 from wfopt.workflow import parse_workflow
@@ -145,6 +150,36 @@ def test_propose_edit_is_seeded_and_runs_out():
     assert first[0] == again[0] and first[1].hash == again[1].hash
     every = {parse_workflow(v).hash for k in EDIT_KINDS for v in edit_variants(source, k)}
     assert propose_edit(source, every, random.Random(3)) is None
+
+
+def test_edit_first_tries_those_kinds_before_any_other_for_every_seed():
+    source = load_baseline("io")
+    swaps = {parse_workflow(v).hash for v in edit_variants(source, "swap_operator")}
+    assert len(swaps) == 2  # generate -> answer_generate, generate -> programmer
+    for seed in range(20):
+        rng, known, kinds = random.Random(seed), set(), []
+        for _ in range(3):
+            kind, workflow = propose_edit(source, known, rng, first=("swap_operator",))
+            kinds.append(kind)
+            known.add(workflow.hash)
+        assert kinds[:2] == ["swap_operator"] * 2 and kinds[2] != "swap_operator"
+        assert swaps <= known
+    # without `first` the seeded draws are the ones they always were
+    plain = [propose_edit(source, set(), random.Random(s)) for s in range(20)]
+    empty = [propose_edit(source, set(), random.Random(s), first=()) for s in range(20)]
+    assert [(k, w.hash) for k, w in plain] == [(k, w.hash) for k, w in empty]
+    assert {k for k, _ in plain} != {"swap_operator"}  # the order really is drawn
+    with pytest.raises(ValueError, match="swap_operators"):
+        propose_edit(source, set(), random.Random(0), first=("swap_operators",))
+
+
+def test_check_mcts_config_names_each_bad_key():
+    check_mcts_config(mcts(edit_first=["swap_operator", "add_review"]))
+    with pytest.raises(SearchError) as error:
+        check_mcts_config(mcts(edit_first=["swap_operators"], edit_share=1.5, rollouts=0))
+    message = str(error.value)
+    assert "swap_operators" in message and "edit_share=1.5" in message
+    assert "mcts.rollouts=0 (must be >= 1)" in message
 
 
 # ------------------------------------------------------------------------- the search

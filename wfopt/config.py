@@ -236,10 +236,10 @@ class ExecutorConfig:
     )
     max_concurrency: int = knob(32, "openai: requests in flight")
     max_retries: int = knob(
-        4, "openai: retries on 429/5xx/timeouts/malformed replies, with backoff"
-    )
-    retry_backoff_s: float = knob(
-        0.5, "openai: first backoff in seconds (doubles, max 8 s; Retry-After wins)"
+        4,
+        "openai: retries per completion on 408/409/429/5xx, timeouts, dropped connections "
+        "(the openai client's, backing off 0.5 s doubling to 8 s; a server's Retry-After "
+        "wins) and malformed replies",
     )
     timeout_s: float = knob(120.0, "openai: seconds per request")
     price_prompt_per_m: float | None = knob(
@@ -357,6 +357,12 @@ class MCTSConfig:
         0.0,
         "share of expansions made by a structural edit without asking the policy: exploration "
         "of operators a weak policy never writes (0 = edits only as the fallback)",
+    )
+    edit_first: list[str] = knob(
+        help="edit kinds a structural edit tries before the others, in this order (e.g. "
+        "[swap_operator]: every answering operator at a node before any refinement); "
+        "[] = all kinds in a seeded random order",
+        factory=list,
     )
     proposal_temperature: float = knob(1.0, "policy sampling temperature for proposals")
     proposal_max_tokens: int = knob(

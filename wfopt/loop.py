@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from wfopt.errors import InfrastructureError
 from wfopt.evaluate import (
@@ -772,9 +773,16 @@ def resumed_config(run_dir: Path, overrides: list[str]) -> DictConfig:
                 "loop.episodes=N still apply)"
             )
         dotted.append(override.lstrip("+"))
-    merged = OmegaConf.merge(
-        OmegaConf.structured(LoopConfig), OmegaConf.load(saved), OmegaConf.from_dotlist(dotted)
-    )
+    schema = OmegaConf.structured(LoopConfig)
+    try:
+        merged = OmegaConf.merge(schema, OmegaConf.load(saved))
+    except OmegaConfBaseException as err:  # e.g. a key an older wfopt had
+        raise LoopError(
+            f"resume={run_dir}: its saved config does not fit this version of wfopt's "
+            f"schema ({err.__class__.__name__}: {str(err).splitlines()[0]}); resume it with "
+            "the wfopt version that started it"
+        ) from err
+    merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(dotted))
     merged.resume = str(run_dir)
     return merged  # type: ignore[return-value]
 

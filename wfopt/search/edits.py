@@ -3,7 +3,8 @@
 They are the search's fallback when the policy proposes nothing usable (invalid code, or a
 workflow already in the tree), so a tree always grows, even with a weak policy. Each edit
 kind lists every variant it can make of a workflow; `propose_edit` tries kinds and variants in
-a seeded random order and returns the first valid workflow that is new to the tree.
+a seeded random order (after the kinds of `mcts.edit_first`, in their order) and returns the
+first valid workflow that is new to the tree.
 
 | kind | what it does |
 |---|---|
@@ -258,16 +259,25 @@ def edit_variants(source: str, kind: str, code_task: bool = False) -> list[str]:
 
 
 def propose_edit(
-    source: str, known_hashes: set[str], rng: random.Random, code_task: bool = False
+    source: str,
+    known_hashes: set[str],
+    rng: random.Random,
+    code_task: bool = False,
+    first: tuple[str, ...] = (),
 ) -> tuple[str, Workflow] | None:
     """(kind, workflow): a valid edit of `source` whose canonical hash is not in `known_hashes`.
 
-    Kinds and their variants are tried in an order drawn from `rng`; None when no edit of
-    `source` is both valid and new.
+    The kinds in `first` are tried first, in that order; the other kinds after them in an order
+    drawn from `rng` (with `first` empty, the draws are as they always were). Each kind's
+    variants are tried in an order drawn from `rng`. None when no edit of `source` is both
+    valid and new.
     """
-    kinds = list(EDIT_KINDS)
+    unknown = set(first) - set(EDIT_KINDS)
+    if unknown:
+        raise ValueError(f"unknown edit kind(s) {sorted(unknown)}; known: {', '.join(EDIT_KINDS)}")
+    kinds = [k for k in EDIT_KINDS if k not in first]
     rng.shuffle(kinds)
-    for kind in kinds:
+    for kind in (*first, *kinds):
         variants = edit_variants(source, kind, code_task)
         rng.shuffle(variants)
         for variant in variants:

@@ -460,7 +460,13 @@ class TreeSearch:
                     node.proposals = proposal.first + i + 1
                 self.stats.policy_children += 1
                 return self._add_sample_node(workflow, sample, node, "policy"), workflow
-        edit = propose_edit(node.source, set(self.tree.by_hash), self.rng, self.code_task)
+        edit = propose_edit(
+            node.source,
+            set(self.tree.by_hash),
+            self.rng,
+            self.code_task,
+            first=tuple(self.cfg.edit_first),
+        )
         if edit is None:
             return None
         kind, workflow = edit

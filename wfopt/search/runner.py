@@ -31,6 +31,7 @@ from wfopt.evaluate import progress_bar, wilson_interval
 from wfopt.llm import batch_counters
 from wfopt.llm.base import SamplingParams
 from wfopt.runtime import check_writable, run_dir_error, write_atomic
+from wfopt.search.edits import EDIT_KINDS
 from wfopt.search.mcts import (
     PolicyProposer,
     SearchStats,
@@ -319,6 +320,11 @@ def check_mcts_config(m: Any) -> None:
     for key in ("aflow_lambda", "edit_share"):
         if not 0 <= m[key] <= 1:
             problems.append(f"mcts.{key}={m[key]} (must be in [0, 1])")
+    unknown = [k for k in m.edit_first if k not in EDIT_KINDS]
+    if unknown:
+        problems.append(
+            f"mcts.edit_first={list(m.edit_first)} ({unknown}: not an edit kind of {list(EDIT_KINDS)})"
+        )
     if problems:
         raise SearchError("invalid search config: " + "; ".join(problems))
 
