@@ -312,6 +312,48 @@ def test_policy_workflows_return_what_operators_computed(body, valid):
             parse_policy_workflow(source)
 
 
+@pytest.mark.parametrize(
+    "body, number",
+    [
+        # what `make run`'s trained policy wrote: Python does the arithmetic, not an operator
+        ("result = 29 - 28\n    return await format_answer(problem, result)", "29"),
+        ("return await format_answer(problem, 648)", "648"),
+        ("return await format_answer(problem, ' 6.5 ')", "' 6.5 '"),
+        ("a = await generate(problem)\n    return await format_answer(problem, f'{6 * 7}')", "6"),
+        ("a = await generate(problem)\n    return a + str(1)", "1"),
+    ],
+)  # fmt: skip
+def test_policy_workflows_may_not_write_numbers_into_the_answer(body, number):
+    from wfopt.workflow import parse_policy_workflow
+
+    source = f"async def solve(problem):\n    {body}\n"
+    parse_workflow(source)  # the language allows it; a policy's workflow may not
+    with pytest.raises(InvalidWorkflow, match=f"the number {number} is written"):
+        parse_policy_workflow(source)
+
+
+def test_numbers_that_shape_a_workflow_stay_allowed():
+    from wfopt.search.edits import EDIT_KINDS, edit_variants
+    from wfopt.workflow import parse_policy_workflow
+
+    shaped = (
+        "async def solve(problem):\n    xs = [await generate(problem) for _ in range(3)]\n"
+        "    if len(xs) > 0 and xs[-1] != '':\n        return xs[0]\n    return xs[1:][0]\n"
+    )
+    parse_policy_workflow(shaped)
+    # every hand-written workflow, and every structural edit of one, passes the policy's rule
+    sources = [load_baseline(name) for name in list_baselines()]
+    sources += [
+        variant
+        for source in list(sources)
+        for kind in EDIT_KINDS
+        for variant in edit_variants(source, kind, code_task="entry_point" in source)
+    ]
+    assert len(sources) > 50
+    for source in sources:
+        parse_policy_workflow(source)
+
+
 def test_answer_written_in_code_is_detected_but_question_numbers_are_not():
     from wfopt.workflow import answer_written_in
 

@@ -537,7 +537,8 @@ def parse_policy_workflow(source: str) -> Workflow:
     (tests, constants in hand-written workflows), but a policy that answers with `answer = 0`
     or `return 11` writes no workflow: scored as a mere failure (0) instead of invalid (-1),
     such code is a reward hack (measured: `make run`'s trained policy wrote almost only
-    `answer = 0`), and so is `await generate(problem)` followed by `return 11`. Raises
+    `answer = 0`), and so is `await generate(problem)` followed by `return 11`. Nor may it
+    write numbers where they can enter the answer (`number_written_in`). Raises
     `InvalidWorkflow` with the reason."""
     workflow = parse_workflow(source)
     tree = ast.parse(source)
@@ -557,7 +558,46 @@ def parse_policy_workflow(source: str) -> Workflow:
                     f"line {node.lineno}: `return {ast.unparse(node.value)[:60]}` returns no "
                     "operator's result; an answer written into the code is not a workflow"
                 )
+    number = number_written_in(tree)
+    if number is not None:
+        raise InvalidWorkflow(
+            f"line {number.lineno}: the number {number.value!r} is written into the workflow; "
+            "its operators get the problem and compute the answer (numbers only as range() "
+            "sizes, indices or in comparisons)"
+        )
     return workflow
+
+
+def number_written_in(tree: ast.AST) -> ast.Constant | None:
+    """The first number literal (or string that is only a number) the code writes where it
+    can enter the answer: anywhere but a `range()` bound, a subscript index or a comparison
+    operand. A trained policy wrote `result = 29 - 28` and passed it to `format_answer`:
+    Python did the arithmetic, so such a workflow scored 1 without the executor solving
+    anything (measured in `make run`: most of the first episode's valid workflows)."""
+    allowed: set[int] = set()
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "range"
+        ):
+            allowed.update(id(n) for arg in node.args for n in ast.walk(arg))
+        elif isinstance(node, ast.Subscript):
+            allowed.update(id(n) for n in ast.walk(node.slice))
+        elif isinstance(node, ast.Compare):
+            for operand in (node.left, *node.comparators):
+                if isinstance(operand, ast.UnaryOp):
+                    operand = operand.operand
+                allowed.add(id(operand))
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Constant) or id(node) in allowed:
+            continue
+        value = node.value
+        if (type(value) in (int, float)) or (
+            isinstance(value, str) and _NUMBER.fullmatch(value.strip())
+        ):
+            return node
+    return None
 
 
 def _is_derived(expr: ast.AST, derived: set[str]) -> bool:
