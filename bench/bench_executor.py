@@ -4,7 +4,7 @@
    generates exactly NEW_TOKENS (stop tokens ignored). Batched = CALLS concurrent `complete`
    calls; sequential = each awaited in turn. Reports calls/s, tokens/s and their ratio (median
    of per-repeat ratios).
-2. **Workflows**: RUNS concurrent runs of each workflow of WORKFLOWS (`wfopt.evaluate.execute`
+2. **Workflows**: RUNS concurrent runs of each workflow of WORKFLOWS (`wfopt.execution.execute`
    on fixed built-in arithmetic problems, sampled at T=0.7 with MAX_TOKENS per call), on the
    static batcher (`model.batching=static`) and on the continuous one, the order alternating
    over REPEATS. Reports workflow runs/min, completion tokens/s, mean batch (rows per decode
@@ -37,7 +37,7 @@ from rich.table import Table
 from wfopt.baselines import load_baseline
 from wfopt.config import DatasetConfig, HardwareConfig, ModelConfig
 from wfopt.datasets import load_dataset
-from wfopt.evaluate import Record, execute
+from wfopt.execution import Record, execute
 from wfopt.llm.base import Completion, SamplingParams
 from wfopt.llm.local import LocalLLM
 

@@ -39,7 +39,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "outputs" / "bench"  # never tra
 
 
 def main() -> None:
-    from wfopt.cli import config_dir
+    from wfopt.config import config_dir
     from wfopt.grpo.data import read_trajectories
     from wfopt.grpo.train import train_policy
     from wfopt.trajectory import SOURCE_KINDS

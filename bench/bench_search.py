@@ -67,7 +67,7 @@ from rich.table import Table  # noqa: E402
 
 from wfopt.config import SearchConfig  # noqa: E402
 from wfopt.datasets import load_dataset  # noqa: E402
-from wfopt.evaluate import Record, evaluate_problems, execute, wilson_interval  # noqa: E402
+from wfopt.execution import Record, evaluate_problems, execute  # noqa: E402
 from wfopt.llm import sampling_params  # noqa: E402
 from wfopt.llm.local import LocalLLM  # noqa: E402
 from wfopt.search.mcts import ROLLOUT_STRIDE, TreeSearch  # noqa: E402
@@ -78,6 +78,7 @@ from wfopt.search.runner import (  # noqa: E402
     seed_source,
     tree_search,
 )
+from wfopt.stats import wilson_interval  # noqa: E402
 
 # BENCH_QUICK=1: a smoke run of the throughput arms (~3 min here); flags still override
 QUICK = {

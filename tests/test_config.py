@@ -13,7 +13,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from wfopt import config as C
-from wfopt.cli import config_dir, detect_hardware, with_default_hardware
+from wfopt.cli import detect_hardware, with_default_hardware
+from wfopt.config import config_dir
 
 CONF = config_dir()
 

@@ -22,7 +22,7 @@ import pytest
 
 from wfopt.datasets import Problem
 from wfopt.errors import CacheError, InfrastructureError
-from wfopt.evaluate import execute
+from wfopt.execution import execute
 from wfopt.llm import CachedLLM, SamplingParams
 from wfopt.llm.base import Completion
 

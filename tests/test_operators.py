@@ -8,7 +8,7 @@ import time
 import pytest
 
 from wfopt.datasets import Problem
-from wfopt.evaluate import execute
+from wfopt.execution import execute
 from wfopt.llm.base import SamplingParams
 from wfopt.operators import Ledger, LedgerEntry, Operators, answer_key, extract_code
 from wfopt.workflow import build_solve, call_solve, parse_workflow

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from wfopt.baselines import load_baseline
 from wfopt.config import MCTSConfig
 from wfopt.datasets import Problem
-from wfopt.evaluate import Record
+from wfopt.execution import Record
 from wfopt.grpo.data import TrajectoryDataset, collate_samples, read_trajectories
 from wfopt.grpo.losses import policy_loss
 from wfopt.grpo.trainer import frac_zero_std_groups

@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from wfopt import config as C
-from wfopt.cli import config_dir
+from wfopt.config import config_dir
 from wfopt.runtime import concurrent_jobs, joblib_workers, torch_threads
 
 

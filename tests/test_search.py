@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from wfopt.baselines import load_baseline
 from wfopt.config import MCTSConfig
-from wfopt.evaluate import Record
+from wfopt.execution import Record
 from wfopt.policy import RESPONSE_PREFIX, PolicySample, policy_response, workflow_from_completion
 from wfopt.search.edits import EDIT_KINDS, edit_variants, propose_edit
 from wfopt.search.mcts import Evaluation, TreeSearch, cost_penalized_reward, failure_notes

@@ -71,3 +71,12 @@ def test_wilson_interval_known_values():
     # 10 of 20: center 0.5, half = 1.96 * sqrt(0.25/20 + 3.8416/1600) / 1.19208 = 0.20070
     low, high = wilson_interval(10, 20)
     assert low == pytest.approx(1 - high) and high == pytest.approx(0.70070, abs=1e-5)
+
+
+def test_wilson_interval_by_hand():
+    # n=10, k=5: center 0.5, half-width 1.96*sqrt(.025+.0096)/1.384 = 0.2634
+    low, high = wilson_interval(5, 10)
+    assert low == pytest.approx(0.2366, abs=1e-4) and high == pytest.approx(0.7634, abs=1e-4)
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 0.0)

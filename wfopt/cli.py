@@ -18,7 +18,7 @@ import typer
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from wfopt.config import register_configs
+from wfopt.config import config_dir, register_configs
 
 app = typer.Typer(
     help="Teach a language model to write agentic workflows (MCTS search + GRPO).",
@@ -34,15 +34,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("wfopt.grpo", "run", "GRPO on search trajectories."),
     "loop": ("wfopt.loop", "run", "search -> train -> held-out evaluation, repeated."),
 }
-
-
-def config_dir() -> Path:
-    """`conf/` in a source checkout, or `wfopt/conf/` inside an installed wheel."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent / "conf"):
-        if (candidate / "evaluate.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"wfopt config directory not found next to {here}")
 
 
 def _resolve(command: str) -> Callable[[DictConfig], object]:

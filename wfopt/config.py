@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -35,6 +36,15 @@ class Choice(str, enum.Enum):
     @classmethod
     def values(cls) -> list[str]:
         return [m.value for m in cls]
+
+
+def config_dir() -> Path:
+    """`conf/` in a source checkout, or `wfopt/conf/` inside an installed wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "evaluate.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"wfopt config directory not found next to {here}")
 
 
 def knob(default: Any = NO_DEFAULT, help: str = "", *, factory: Any = None) -> Any:
@@ -511,13 +521,12 @@ class TrackingConfig:
 
 @dataclass
 class RunConfig:
-    """Fields shared by every subcommand's primary config."""
+    """Fields shared by every subcommand's primary config. The `mcts` and `grpo` groups
+    belong to the commands that search or train."""
 
     model: ModelConfig = knob(help="the policy model", factory=ModelConfig)
     executor: ExecutorConfig = knob(help="the LLM operators call", factory=ExecutorConfig)
     dataset: DatasetConfig = knob(help="problems and their scorer", factory=DatasetConfig)
-    mcts: MCTSConfig = knob(help="workflow search", factory=MCTSConfig)
-    grpo: GRPOConfig = knob(help="the GRPO trainer", factory=GRPOConfig)
     hardware: HardwareConfig = knob(
         help="device, dtype, distributed training", factory=HardwareConfig
     )
@@ -543,6 +552,7 @@ class EvaluateConfig(RunConfig):
 
 @dataclass
 class SearchConfig(RunConfig):
+    mcts: MCTSConfig = knob(help="workflow search", factory=MCTSConfig)
     resume: str | None = knob(
         None,
         "true: continue the trajectories file of this run's own directory (with a fixed "
@@ -553,6 +563,10 @@ class SearchConfig(RunConfig):
 
 @dataclass
 class TrainConfig(RunConfig):
+    grpo: GRPOConfig = knob(help="the GRPO trainer", factory=GRPOConfig)
+    # read for one key: Dr. GRPO's constant normalizer defaults to the search's generation
+    # budget, mcts.proposal_max_tokens (wfopt/grpo/train.py, with_norm_tokens)
+    mcts: MCTSConfig = knob(help="workflow search (its proposal budget)", factory=MCTSConfig)
     trajectories: str | None = knob(None, "JSONL written by `wfopt search` (required)")
     resume: str | None = knob(None, "a checkpoint dir (or a run/checkpoints dir: its latest)")
     show_progress: bool = knob(True, "rich progress bar")
@@ -598,6 +612,8 @@ class LoopSettings:
 
 @dataclass
 class LoopConfig(RunConfig):
+    mcts: MCTSConfig = knob(help="workflow search", factory=MCTSConfig)
+    grpo: GRPOConfig = knob(help="the GRPO trainer", factory=GRPOConfig)
     resume: str | None = knob(None, "a loop run directory to continue (after a crash or a kill)")
     dry_run: bool = knob(False, "print the plan and the estimated calls; load no model")
     show_progress: bool = knob(True, "rich progress bars")
@@ -633,7 +649,8 @@ def inert_knobs(cfg: Any, command: str) -> list[str]:
     notes: list[str] = []
     trains = command in ("train", "loop")
     searches = command in ("search", "loop")
-    g, m = cfg.grpo, cfg.mcts
+    g = cfg.grpo if trains else None
+    m = cfg.mcts if searches else None
     if trains and g.num_iterations == 1:
         for key in ("clip_eps_low", "clip_eps_high"):
             if _changed(g, GRPOConfig, key):

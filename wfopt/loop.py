@@ -50,8 +50,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from wfopt.config import LoopConfig, TrainConfig, config_dir
 from wfopt.errors import InfrastructureError
-from wfopt.evaluate import (
+from wfopt.execution import (
     eval_metrics,
     evaluate_policy,
     evaluate_problems,
@@ -373,7 +374,6 @@ class Loop:
         import subprocess
         import sys
 
-        from wfopt.cli import config_dir
         from wfopt.runtime import threads_per_process
 
         hw = self.cfg.hardware
@@ -383,8 +383,6 @@ class Loop:
         (train_dir / "metrics.jsonl").unlink(missing_ok=True)  # a crashed try's partial log
         config = OmegaConf.to_container(self.cfg, resolve=True)
         import dataclasses
-
-        from wfopt.config import TrainConfig
 
         # the training job's config: the loop's own keys (loop, resume, report, ...) left out
         train_keys = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume"}
@@ -756,8 +754,6 @@ def resumed_config(run_dir: Path, overrides: list[str]) -> DictConfig:
     """The run's own config (`.hydra/config.yaml`), with this command's `key.path=value`
     overrides on top (e.g. `loop.episodes=6` to extend a run). Choosing another config group
     option (`model=...`) cannot apply to a run half done: that is an error."""
-    from wfopt.config import LoopConfig
-
     saved = run_dir / ".hydra" / "config.yaml"
     if not saved.is_file():
         raise LoopError(f"resume={run_dir}: {saved} is missing, so its config is unknown")

@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from wfopt.evaluate import Record, execute
+from wfopt.execution import Record, execute
 from wfopt.llm.base import LLM, SamplingParams
 from wfopt.policy import Parent, PolicySample, sample_policy
 from wfopt.search.edits import propose_edit

@@ -26,8 +26,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from wfopt.console import progress_bar
 from wfopt.errors import InfrastructureError
-from wfopt.evaluate import progress_bar, wilson_interval
 from wfopt.llm import batch_counters
 from wfopt.llm.base import SamplingParams
 from wfopt.runtime import check_writable, run_dir_error, write_atomic
@@ -39,6 +39,7 @@ from wfopt.search.mcts import (
     dataset_evaluator,
 )
 from wfopt.search.tree import Tree
+from wfopt.stats import wilson_interval
 from wfopt.trajectory import Trajectory
 from wfopt.workflow import operators_used
 
