@@ -139,6 +139,14 @@ def test_knobs_that_cannot_act_are_named(composed):
         "model.lora.dropout=0.1" in n for n in C.inert_knobs(composed("loop", *lora), "loop")
     )
     assert C.inert_knobs(composed("evaluate", *lora), "evaluate") == []  # evaluate trains nothing
+    dropped = C.inert_knobs(
+        composed("search", "mcts.keep_invalid_samples=false", "mcts.invalid_reward=0"), "search"
+    )
+    assert dropped == [
+        "mcts.invalid_reward=0.0 has no effect with mcts.keep_invalid_samples=false: no "
+        "invalid sample joins a group"
+    ]
+    assert C.inert_knobs(composed("search", "mcts.invalid_reward=0"), "search") == []
     notes = C.inert_knobs(composed("search", "mcts.aflow_lambda=0.5"), "search")
     assert notes == ["mcts.aflow_lambda has no effect with mcts.selection=uct"]
     norm = C.inert_knobs(composed("train", "grpo.norm_tokens=100"), "train")

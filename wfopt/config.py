@@ -669,6 +669,11 @@ def inert_knobs(cfg: Any, command: str) -> list[str]:
             f"model.lora.dropout={cfg.model.lora.dropout} has no effect: GRPO training turns "
             "every dropout off (old and new log-probs must come from the same function)"
         )
+    if searches and not m.keep_invalid_samples and _changed(m, MCTSConfig, "invalid_reward"):
+        notes.append(
+            f"mcts.invalid_reward={m.invalid_reward} has no effect with "
+            "mcts.keep_invalid_samples=false: no invalid sample joins a group"
+        )
     if searches and m.selection == Selection.uct:
         for key in ("aflow_lambda", "aflow_alpha"):
             if _changed(m, MCTSConfig, key):
