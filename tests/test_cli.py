@@ -24,12 +24,14 @@ def test_cfg_job_shows_composed_overrides(cli):
     cfg = yaml.safe_load(out.stdout)
     assert cfg["dataset"]["name"] == "gsm8k" and cfg["dataset"]["limit"] == 20
     assert cfg["model"]["path"] == "Qwen/Qwen2-7B-Instruct" and cfg["model"]["lora"]["enabled"]
-    assert cfg["grpo"]["norm_by_std"] is True
+    assert "grpo" not in cfg and "mcts" not in cfg  # evaluate composes only what it uses
+    search = yaml.safe_load(cli("search", "--cfg", "job").stdout)
+    assert "mcts" in search and "grpo" not in search
 
 
 def test_every_group_option_composes(cli):
+    cli("train", "grpo=dr_grpo", "--cfg", "job")
     for override in (
-        "grpo=dr_grpo",
         "hardware=gpu",
         "hardware=multi_gpu",
         "executor=openai",

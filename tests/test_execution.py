@@ -30,7 +30,7 @@ def test_queue_wait_does_not_count_against_the_time_limit(embedded_llm):
 
     from wfopt.config import DatasetConfig
     from wfopt.datasets import load_dataset
-    from wfopt.evaluate import execute
+    from wfopt.execution import execute
     from wfopt.llm.base import SamplingParams
     from wfopt.llm.local import LocalLLM
 
