@@ -573,7 +573,7 @@ def number_written_in(tree: ast.AST) -> ast.Constant | None:
     can enter the answer: anywhere but a `range()` bound, a subscript index or a comparison
     operand. A trained policy wrote `result = 29 - 28` and passed it to `format_answer`:
     Python did the arithmetic, so such a workflow scored 1 without the executor solving
-    anything (measured in `make run`: most of the first episode's valid workflows)."""
+    anything (in one `make run`, every valid workflow of episode 1 did this)."""
     allowed: set[int] = set()
     for node in ast.walk(tree):
         if (
