@@ -69,3 +69,44 @@ def test_queue_wait_does_not_count_against_the_time_limit(embedded_llm):
     assert list(llm.queue_waits)[1] > limit and queued.duration_s > limit  # it waited so long
     assert overrun.error == "timeout"
     assert overrun_steps < 300  # cancelled mid-decode: its row left, 400 tokens never ran
+
+
+def test_invalid_workflows_are_written_again_up_to_the_limit(embedded_llm, tmp_path):
+    """The real policy cut to 3 tokens never finishes a workflow: each slot is written
+    1 + invalid_retries times, each a different request (none answered from the response
+    cache), and stays invalid; at 40 tokens its greedy workflow is valid at once."""
+    import asyncio
+
+    from omegaconf import OmegaConf
+
+    from wfopt.config import DatasetConfig
+    from wfopt.datasets import load_dataset
+    from wfopt.execution import evaluate_policy, policy_sampling, policy_summary
+    from wfopt.llm import CachedLLM
+    from wfopt.llm.base import SamplingParams
+
+    dataset = load_dataset(OmegaConf.structured(DatasetConfig(num_problems=10)))
+    problems = dataset.problems("test")[:2]
+    policy = CachedLLM(embedded_llm, tmp_path / "policy.sqlite")
+
+    def run(max_tokens: int):
+        return asyncio.run(
+            evaluate_policy(
+                problems, dataset, policy, embedded_llm,
+                policy_params=policy_sampling(0.0, max_tokens, seed=0),
+                executor_params=SamplingParams(max_new_tokens=8),
+                invalid_retries=2, show_progress=False,
+            )
+        )  # fmt: skip
+
+    cut = run(3)
+    assert [r.attempts for r in cut] == [3, 3] and {r.error for r in cut} == {"invalid"}
+    assert policy.misses == 6 and policy.hits == 0
+    summary = policy_summary(cut, 1.0)
+    assert summary["valid_rate"] == summary["first_valid_rate"] == 0.0
+
+    whole = run(40)
+    assert [r.attempts for r in whole] == [1, 1] and all(r.error != "invalid" for r in whole)
+    assert policy.misses == 8  # one request per problem: nothing written twice
+    summary = policy_summary(whole, 1.0)
+    assert summary["valid_rate"] == summary["first_valid_rate"] == 1.0

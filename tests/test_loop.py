@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from wfopt.loop import (
     LoopError,
+    build_on,
     episode_problems,
     load_state,
     new_state,
@@ -45,6 +46,26 @@ def test_episode_problems_follow_one_seeded_order_and_wrap():
     assert third[2:] == first[:2]  # past the end: wraps around to the start
     assert episode_problems(problems, seed=1, start=0, count=4) == first
     assert episode_problems(problems, seed=2, start=0, count=4) != first
+
+
+def test_next_episode_builds_on_the_best_validation_policy_so_far():
+    rows = [
+        {"split": "validation", "episode": 0, "accuracy": 0.10},
+        {"split": "validation", "episode": 1, "accuracy": 0.00},
+    ]
+    checkpoints = {"1": "ckpt-1"}
+    assert build_on(rows, checkpoints, "last") == "ckpt-1"
+    assert build_on(rows, checkpoints, "best_val") is None  # back to the untrained policy
+    rows.append({"split": "validation", "episode": 2, "accuracy": 0.10})
+    checkpoints["2"] = "ckpt-2"
+    assert build_on(rows, checkpoints, "best_val") == "ckpt-2"  # a tie: the later one
+    rows += [
+        {"split": "validation", "episode": 3, "accuracy": 0.05},
+        {"split": "test", "episode": 3, "accuracy": 0.90},  # test rows never choose
+    ]
+    checkpoints["3"] = "ckpt-3"
+    assert build_on(rows, checkpoints, "best_val") == "ckpt-2"
+    assert build_on(rows, checkpoints, "last") == "ckpt-3"
 
 
 def test_plan_counts_by_hand():

@@ -546,6 +546,9 @@ class EvaluateConfig(RunConfig):
     )
     policy_samples: int = knob(1, "workflows the policy writes per problem")
     policy_temperature: float = knob(0.0, "policy sampling temperature (0 = greedy)")
+    policy_invalid_retries: int = knob(
+        0, "write a workflow again (sampled, temperature 0.5) when the validator rejects it"
+    )
     policy_max_tokens: int = knob(160, "longest workflow body the policy may write")
     report: bool = knob(True, "write report.html + figures into the run dir at the end")
 
@@ -587,10 +590,21 @@ class LoopSettings:
     select: Select = knob(
         Select.best_val, "the episode reported on test: best_val (ties: the later) | last"
     )
+    build_on: Select = knob(
+        Select.last,
+        "the policy each episode trains from: last (the previous episode's) | best_val (the "
+        "best on validation so far, the untrained one included; ties: the later): an episode "
+        "that lost accuracy is not built on",
+    )
     eval_samples: int = knob(
         1, "workflows the policy writes per held-out problem (its score: their mean)"
     )
     eval_temperature: float = knob(0.0, "0 = greedy (with eval_samples=1)")
+    eval_invalid_retries: int = knob(
+        0,
+        "held-out runs: write a workflow again (sampled, temperature 0.5) when the validator "
+        "rejects it, up to this many times; the first-try valid rate is reported beside",
+    )
     policy_max_tokens: int = knob(160, "longest workflow body the policy may write")
     eval_max_operator_calls: int = knob(20, "held-out runs: operator calls per workflow run")
     eval_timeout_s: float = knob(

@@ -128,6 +128,7 @@ def run(cfg: DictConfig) -> float:
                     ),
                     executor_params=params,
                     samples=cfg.policy_samples,
+                    invalid_retries=cfg.policy_invalid_retries,
                     **common,
                 )
             return await evaluate_problems(workflow, problems, dataset, llm, params, **common)

@@ -259,6 +259,7 @@ class Loop:
             policy_params=policy_sampling(lp.eval_temperature, lp.policy_max_tokens, self.cfg.seed),
             executor_params=self.executor_params,
             samples=lp.eval_samples,
+            invalid_retries=lp.eval_invalid_retries,
             max_operator_calls=lp.eval_max_operator_calls,
             timeout_s=lp.eval_timeout_s,
             show_progress=self.cfg.show_progress,
@@ -358,6 +359,7 @@ class Loop:
                 tracker=self.tracker,
                 show_progress=self.cfg.show_progress,
                 checkpoint_info={"episode": episode, "trajectories": [str(f) for f in files]},
+                first_step=self.state["train_step"],
             )
         except TrainingError as err:
             raise LoopError(f"episode {episode}: training failed: {err}") from None
@@ -393,6 +395,7 @@ class Loop:
             "trajectories": [str(f) for f in files],
             "run_dir": str(train_dir),
             "init_checkpoint": self.state["checkpoint"],
+            "first_step": self.state["train_step"],
             "checkpoint_info": {"episode": episode},
         }
         job_file = train_dir / "job.json"
@@ -466,13 +469,25 @@ class Loop:
                 **state.get("checkpoints", {}),
                 str(episode + 1): trained["checkpoint"],
             }
+            state["results"].append(
+                _row(f"episode {episode + 1}", "validation", episode + 1, summary)
+            )
+            start = build_on(state["results"], state["checkpoints"], lp.build_on)
+            if start != trained["checkpoint"]:
+                log.info(
+                    "episode %d: the next episode builds on %s",
+                    episode + 1,
+                    start or "the untrained policy",
+                )
+                await self._release_policy()
+                self.policy = self._load_policy(start)
             state.update(
                 episode=episode + 1,
                 cursor=state["cursor"] + lp.problems_per_episode,
-                checkpoint=trained["checkpoint"],
+                checkpoint=start,
                 trained=None,
             )
-            self.record(_row(f"episode {episode + 1}", "validation", episode + 1, summary))
+            self.record_all()
         await self.final_test(done)
         await self.feedback()
 
@@ -575,6 +590,7 @@ def _row(label: str, split: str, episode: int, summary: dict[str, Any]) -> dict[
         "n": summary["n"],
         "valid_rate": summary.get("valid_rate"),
         "valid_rate_ci95": summary.get("valid_rate_ci95"),
+        "first_valid_rate": summary.get("first_valid_rate"),
         "accuracy": summary["accuracy"],
         "accuracy_ci95": summary["accuracy_ci95"],
         "mean_tokens": summary["mean_tokens"],
@@ -594,15 +610,23 @@ def problem_scores(records: list[Any], problems: list[Any]) -> list[float]:
     return [sum(v) / len(v) if v else 0.0 for v in totals.values()]
 
 
-def select_episode(rows: list[dict[str, Any]], rule: str) -> int | None:
+def select_episode(rows: list[dict[str, Any]], rule: str, first: int = 1) -> int | None:
     """The episode to report on test, chosen on validation rows only: the highest validation
-    accuracy (ties: the later episode), or the last one. None before any episode."""
-    episodes = [r for r in rows if r["split"] == "validation" and r["episode"] >= 1]
+    accuracy (ties: the later episode), or the last one. None before any episode. `first=0`
+    lets the untrained policy (episode 0) compete."""
+    episodes = [r for r in rows if r["split"] == "validation" and r["episode"] >= first]
     if not episodes:
         return None
     if rule == "last":
         return max(r["episode"] for r in episodes)
     return max(episodes, key=lambda r: (r["accuracy"], r["episode"]))["episode"]
+
+
+def build_on(rows: list[dict[str, Any]], checkpoints: dict[str, str], rule: str) -> str | None:
+    """The checkpoint the next episode trains from (None: the untrained policy): the last
+    episode's, or (`best_val`) the best on validation so far, the untrained policy included."""
+    episode = select_episode(rows, rule, first=0)
+    return checkpoints.get(str(episode)) if episode else None
 
 
 def add_paired_comparisons(
@@ -672,6 +696,9 @@ def print_results(rows: list[dict[str, Any]], title: str) -> None:
         if row["valid_rate"] is not None:
             low, high = row["valid_rate_ci95"]
             valid = f"{row['valid_rate']:.2f} [{low:.2f}, {high:.2f}]"
+            first = row.get("first_valid_rate")
+            if first is not None and first != row["valid_rate"]:
+                valid += f" (first try {first:.2f})"
         low, high = row["accuracy_ci95"]
         table.add_row(
             row["label"],
@@ -688,7 +715,8 @@ def print_results(rows: list[dict[str, Any]], title: str) -> None:
     Console().print(
         "paired columns: test accuracy difference [95% paired-bootstrap CI], McNemar's exact p "
         "(bootstrap p when scores are not 0/1); the episode is selected on validation; "
-        "answer in code: share of valid policy workflows whose code spells the answer"
+        "answer in code: share of valid policy workflows whose code spells the answer; "
+        "first try: valid as first written, before loop.eval_invalid_retries"
     )
 
 

@@ -36,6 +36,7 @@ def main(argv: list[str]) -> None:
         init_checkpoint=job.get("init_checkpoint"),
         show_progress=False,
         checkpoint_info=job.get("checkpoint_info"),
+        first_step=int(job.get("first_step", 0)),
     )
     if int(os.environ.get("RANK", "0")) == 0:
         out = {

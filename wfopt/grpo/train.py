@@ -215,6 +215,7 @@ def train_policy(
     step_offset: int = 0,
     show_progress: bool = True,
     checkpoint_info: dict[str, Any] | None = None,
+    first_step: int = 0,
 ) -> TrainResult:
     """GRPO on `trajectories` with the `model`, `grpo`, `hardware` and `tracking` parts of `cfg`.
 
@@ -223,6 +224,8 @@ def train_policy(
     `tracker`: where metrics go (the caller keeps it open); None: a new one on `run_dir`,
     finished on return. Every optimizer step is logged at `step_offset + trainer step`.
     `checkpoint_info`: extra fields for each checkpoint's `state.json` (e.g. the source file).
+    `first_step`: count optimizer steps on from at least here (the loop, after going back to an
+    earlier episode's weights: checkpoint names and logged steps keep increasing).
     Raises `TrainingError` for a bad config, checkpoint or dataset (nothing trainable).
     """
     from wfopt.grpo.distributed import make_accelerator
@@ -302,6 +305,9 @@ def train_policy(
         trainer.continue_from(load_trainer_state(checkpoint))
         if main:
             log.info("continuing %s at step %d on new data", checkpoint, trainer.step)
+    if resume_checkpoint is None and first_step > trainer.step:
+        # only the numbering moves: no warmup is skipped, the schedule counts this call's steps
+        trainer.step = trainer.start_step = first_step
 
     owns_tracker = tracker is None and main
     if owns_tracker:
