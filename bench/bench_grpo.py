@@ -274,7 +274,7 @@ def _prepare(variant: str, model: Any, batch: dict) -> tuple[Any, Any, dict[str,
 
     from wfopt.grpo.logprobs import token_log_probs
     from wfopt.grpo.losses import compute_grpo_loss
-    from wfopt.grpo.trainer import position_ids, sequence_log_probs
+    from wfopt.grpo.model import position_ids, sequence_log_probs
 
     if variant == "wfopt":
 
@@ -341,7 +341,7 @@ def worker(
     batch = torch.load(batch_file)
     model, _ = load_model_and_tokenizer()
     model.train()
-    from wfopt.grpo.trainer import disable_dropout
+    from wfopt.grpo.model import disable_dropout
 
     disable_dropout(model)
     trainer = None
@@ -362,7 +362,7 @@ def worker(
     step_loss, log_probs_fn, losses = _prepare(variant, model, batch)
     with torch.no_grad():
         log_probs = log_probs_fn()
-    from wfopt.grpo.trainer import make_optimizer
+    from wfopt.grpo.optimizer import make_optimizer
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, SETTINGS["lr"])  # the same AdamW as GRPOTrainer's

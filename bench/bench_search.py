@@ -70,14 +70,14 @@ from wfopt.datasets import load_dataset  # noqa: E402
 from wfopt.execution import Record, evaluate_problems, execute  # noqa: E402
 from wfopt.llm import sampling_params  # noqa: E402
 from wfopt.llm.local import LocalLLM  # noqa: E402
-from wfopt.search.mcts import ROLLOUT_STRIDE, TreeSearch  # noqa: E402
-from wfopt.search.runner import (  # noqa: E402
+from wfopt.search.driver import (  # noqa: E402
     build_search_llms,
     dataset_task,
     search_problems,
     seed_source,
     tree_search,
 )
+from wfopt.search.mcts import ROLLOUT_STRIDE, TreeSearch  # noqa: E402
 from wfopt.stats import wilson_interval  # noqa: E402
 
 # BENCH_QUICK=1: a smoke run of the throughput arms (~3 min here); flags still override
@@ -145,7 +145,7 @@ def node_summary(node: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_trees(trees_dir: Path, problems: list[Any]) -> dict[str, dict[str, Any]]:
-    from wfopt.search.runner import safe_name
+    from wfopt.search.output import safe_name
 
     return {
         str(p.id): json.loads((trees_dir / f"{safe_name(p.id)}.json").read_text()) for p in problems

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from wfopt.baselines import load_baseline
 from wfopt.grpo import TrajectoryDataset, read_trajectories, train_policy
-from wfopt.grpo.trainer import epoch_order, rank_micro_batches
+from wfopt.grpo.batching import epoch_order, rank_micro_batches
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).with_name("accelerate")

@@ -18,6 +18,7 @@ from wfopt.grpo import (
     token_log_probs,
     token_log_probs_from_hidden,
 )
+from wfopt.grpo.optimizer import lr_lambda
 
 AGGS = ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
 L_CONST = 16  # Dr. GRPO's constant length in these tests
@@ -424,3 +425,27 @@ def test_registries_and_errors():
     lp = _naive_log_probs(logits, ids, mask)
     out = policy_loss(lp, mask, torch.ones(4), old_log_probs=lp + 100 * (1 - mask))
     assert torch.isfinite(out["loss"])  # garbage outside the mask never overflows exp
+
+
+# ---------------------------------------------------------------- LR schedule
+
+
+def test_lr_schedule_worked_values():
+    """Every `grpo.schedule`, worked by hand: the warmup gives the first step lr / warmup (not
+    0, as `transformers.get_scheduler` would) and the full lr at its last step; a decay ends
+    at 0 at `total_steps` and stays there."""
+
+    def factors(warmup: int, total: int, schedule: str, steps: int) -> list[float]:
+        factor = lr_lambda(warmup, total, schedule)
+        return [factor(step) for step in range(steps)]
+
+    assert factors(3, 10, "constant", 5) == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0, 1.0])
+    assert factors(0, 10, "constant", 2) == [1.0, 1.0]
+    # warmup 2, then 1 - (step - 2) / (4 - 2)
+    assert factors(2, 4, "linear", 6) == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.0, 0.0])
+    # (1 + cos(pi * step / 4)) / 2; past the horizon it stays at 0
+    c = math.cos(math.pi / 4) / 2
+    assert factors(0, 4, "cosine", 7) == pytest.approx([1.0, 0.5 + c, 0.5, 0.5 - c, 0.0, 0.0, 0.0])
+    assert factors(1, 3, "cosine", 4) == pytest.approx([1.0, 1.0, 0.5, 0.0])
+    with pytest.raises(ValueError, match="unknown schedule"):
+        lr_lambda(0, 1, "cosine_with_restarts")

@@ -29,7 +29,7 @@ from wfopt.grpo.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from wfopt.grpo.trainer import sequence_log_probs
+from wfopt.grpo.model import sequence_log_probs
 from wfopt.policy import (
     PROMPT_TEMPLATE,
     RESPONSE_PREFIX,

@@ -22,7 +22,7 @@ from wfopt.datasets import Problem
 from wfopt.execution import Record
 from wfopt.grpo.data import TrajectoryDataset, collate_samples, read_trajectories
 from wfopt.grpo.losses import policy_loss
-from wfopt.grpo.trainer import frac_zero_std_groups
+from wfopt.grpo.metrics import frac_zero_std_groups
 from wfopt.llm.base import SamplingParams
 from wfopt.policy import (
     RESPONSE_PREFIX,
@@ -32,7 +32,7 @@ from wfopt.policy import (
     sample_workflows,
 )
 from wfopt.search.mcts import Evaluation, PolicyProposer, TreeSearch
-from wfopt.search.runner import trajectory_record
+from wfopt.search.output import trajectory_record
 from wfopt.trajectory import Trajectory
 
 PROBLEM = "What is 12 + 7?"

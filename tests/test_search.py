@@ -17,14 +17,11 @@ from wfopt.baselines import load_baseline
 from wfopt.config import MCTSConfig
 from wfopt.execution import Record
 from wfopt.policy import RESPONSE_PREFIX, PolicySample, policy_response, workflow_from_completion
+from wfopt.search.driver import check_mcts_config
 from wfopt.search.edits import EDIT_KINDS, edit_variants, propose_edit
+from wfopt.search.errors import SearchError
 from wfopt.search.mcts import Evaluation, TreeSearch, cost_penalized_reward, failure_notes
-from wfopt.search.runner import (
-    SearchError,
-    check_mcts_config,
-    finished_problem_ids,
-    trajectory_record,
-)
+from wfopt.search.output import finished_problem_ids, trajectory_record
 from wfopt.search.selection import aflow_choice, aflow_probabilities, uct_choice, uct_score
 from wfopt.search.tree import Tree
 from wfopt.workflow import parse_workflow
@@ -530,7 +527,7 @@ def test_concurrent_trees_batch_their_executor_calls(embedded_llm, tmp_path):
     from wfopt.config import DatasetConfig
     from wfopt.datasets import load_dataset
     from wfopt.llm.base import SamplingParams
-    from wfopt.search.runner import search_problems
+    from wfopt.search.driver import search_problems
 
     dataset = load_dataset(OmegaConf.structured(DatasetConfig(num_problems=50)))
     problems = dataset.problems("train")[:3]
@@ -581,8 +578,8 @@ def _real_search(llm, parallel: int, evaluations: list[str] | None = None):
     from wfopt.config import DatasetConfig
     from wfopt.datasets import load_dataset
     from wfopt.llm.base import SamplingParams
+    from wfopt.search.driver import tree_search
     from wfopt.search.mcts import PolicyProposer
-    from wfopt.search.runner import tree_search
 
     dataset = load_dataset(OmegaConf.structured(DatasetConfig(num_problems=50)))
     problem = dataset.problems("train")[0]

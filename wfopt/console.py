@@ -5,19 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 
-def progress_bar(fields: str, show: bool) -> Any:
+def progress_bar(fields: str, show: bool, *, time_remaining: bool = False) -> Any:
     """A rich progress bar: description, bar, done/total, `fields` (a format over the task's
-    fields), elapsed time."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    fields), elapsed time, and (`time_remaining`) the estimated time left."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    return Progress(
+    columns: list[Any] = [
         "[progress.description]{task.description}",
         BarColumn(),
         MofNCompleteColumn(),
         fields,
         TimeElapsedColumn(),
-        disable=not show,
-    )
+    ]
+    if time_remaining:
+        columns.append(TimeRemainingColumn())
+    return Progress(*columns, disable=not show)
 
 
 def print_summary(title: str, summary: dict[str, Any]) -> None:

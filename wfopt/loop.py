@@ -9,8 +9,10 @@ then:
    children (its invalid ones join the group at `mcts.invalid_reward`, -1 by default): the
    feedback loop;
 2. train: GRPO on this episode's trajectories (plus `loop.replay_episodes` earlier ones),
-   continuing from the previous episode's weights and optimizer state;
-3. evaluate: the new policy writes a workflow for each *validation* problem; valid rate,
+   continuing from the previous episode's weights and optimizer state, or (`loop.build_on`
+   = best_val) from the best policy on validation so far;
+3. evaluate: the new policy writes a workflow for each *validation* problem (written again
+   when invalid, `loop.eval_invalid_retries` times at most); valid rate,
    accuracy, cost and operator use are logged as `eval/*` (the learning curve);
 4. checkpoint: `state.json` (episode, problem cursor, policy checkpoint, global train step,
    W&B run id, the results table) is replaced atomically.
@@ -300,7 +302,8 @@ class Loop:
         os.replace(tmp, out / f"{label}.jsonl")
 
     async def search(self, episode: int) -> Path:
-        from wfopt.search.runner import finished_problem_ids, policy_proposer, search_problems
+        from wfopt.search.driver import policy_proposer, search_problems
+        from wfopt.search.output import finished_problem_ids
 
         lp = self.cfg.loop
         episode_dir = self.run_dir / "episodes" / f"{episode:03d}"
@@ -526,7 +529,7 @@ class Loop:
         (never searched by an episode), searched once with the untrained policy and once with
         the selected one, same config and seeds. Per arm: solved fraction, mean best reward
         per tree, evaluations to the first solving workflow (solved trees)."""
-        from wfopt.search.runner import policy_proposer, search_problems
+        from wfopt.search.driver import policy_proposer, search_problems
 
         state, cfg = self.state, self.cfg
         count = cfg.loop.feedback_problems
@@ -742,7 +745,7 @@ def print_feedback(arms: dict[str, dict[str, Any]]) -> None:
 
 def check_loop_config(cfg: DictConfig) -> None:
     from wfopt.grpo.train import TrainingError, check_config
-    from wfopt.search.runner import check_mcts_config
+    from wfopt.search.driver import check_mcts_config
 
     lp = cfg.loop
     problems = [
@@ -817,7 +820,7 @@ def run(cfg: DictConfig) -> float:
     from hydra.utils import to_absolute_path
 
     from wfopt.runtime import check_writable, run_dir_error, setup_runtime
-    from wfopt.search.runner import SearchError
+    from wfopt.search.errors import SearchError
 
     setup_runtime(cfg)
     try:

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# the file a problem-scope search appends to, one trajectory per line (`wfopt.search.output`)
+TRAJECTORIES = "trajectories.jsonl"
 REQUIRED_FIELDS = ("problem", "problem_id", "workflow_codes", "rewards")
 TOKEN_FIELDS = ("prompt_ids", "completion_ids", "stopped")
 # the origins of tree nodes and policy samples, grouped for training and its metrics

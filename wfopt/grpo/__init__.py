@@ -9,7 +9,10 @@ Public API:
 - `token_log_probs`, `token_log_probs_from_hidden` (`logprobs.py`): response-token log-probs
   and entropies without a `[B, T, V]` log-softmax.
 - `TrajectoryDataset`, `read_trajectories`, `collate_samples`, `TrajectoryError` (`data.py`).
-- `GRPOTrainer` (`trainer.py`), checkpoints (`checkpoint.py`).
+- `GRPOTrainer` (`trainer.py`), and what its update step uses: the policy's log-probs
+  (`model.py`), AdamW and the LR schedule (`optimizer.py`), batch sizes, epoch order and
+  micro-batches (`batching.py`), per-step metrics (`metrics.py`); checkpoints
+  (`checkpoint.py`).
 - `train_policy`, `TrainResult`, `TrainingError` (`train.py`): a whole training run on a list of
   trajectories, in-process (`wfopt loop` calls it once per episode); multi-process through
   `accelerate` (`distributed.py`).

@@ -39,6 +39,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from wfopt.grpo.batching import planned_steps
 from wfopt.grpo.checkpoint import (
     checkpoint_path,
     load_adapter,
@@ -49,7 +50,8 @@ from wfopt.grpo.checkpoint import (
     save_checkpoint,
 )
 from wfopt.grpo.data import Trajectory, TrajectoryDataset
-from wfopt.grpo.trainer import GRPOTrainer, base_model, planned_steps
+from wfopt.grpo.model import base_model
+from wfopt.grpo.trainer import GRPOTrainer
 from wfopt.trajectory import SOURCE_KINDS
 
 if TYPE_CHECKING:

@@ -24,6 +24,10 @@ projection of `wfopt.grpo.logprobs` (only response positions are projected; logi
 stored). Models whose head is not a plain linear layer (logit soft-capping, scaling) fall back
 to the logits path. Dropout is switched off: a GRPO ratio needs the same function for the old
 and the new log-probs.
+
+Around the update step: the policy's log-probs (`model.py`), AdamW and the LR schedule
+(`optimizer.py`), batch sizes, epoch order and micro-batches (`batching.py`), the step's
+metrics beyond the loss (`metrics.py`), sharded state for checkpoints (`distributed.py`).
 """
 
 from __future__ import annotations
@@ -39,256 +43,35 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from wfopt.console import progress_bar
+from wfopt.grpo.batching import (
+    epoch_order,
+    global_batch_size,
+    rank_micro_batches,
+    select_rows,
+    trim_padding,
+)
 from wfopt.grpo.data import TrajectoryDataset, collate_samples
-from wfopt.grpo.logprobs import token_log_probs, token_log_probs_from_hidden
+from wfopt.grpo.distributed import (
+    fill_deepspeed_config,
+    full_optimizer_state,
+    gather_state_dict,
+    is_full_optimizer_state,
+    is_sharded,
+    load_full_optimizer_state,
+)
 from wfopt.grpo.losses import policy_loss
-from wfopt.trajectory import SOURCE_KINDS
+from wfopt.grpo.metrics import SourceSums, frac_zero_std_groups
+from wfopt.grpo.model import (
+    LogProbModel,
+    base_model,
+    disable_dropout,
+    fused_head_supported,
+    sequence_log_probs,
+)
+from wfopt.grpo.optimizer import lr_lambda, make_optimizer
 
 log = logging.getLogger(__name__)
-
-SEQ_KEYS = ("input_ids", "attention_mask", "response_mask", "old_log_probs", "ref_log_probs")
-# config attributes that transform logits after the LM head (the fused path would skip them)
-_LOGIT_TRANSFORMS = (
-    "final_logit_softcapping",
-    "logit_scale",
-    "logits_scaling",
-    "output_multiplier",
-    "lm_head_multiplier",
-)
-
-
-# ---------------------------------------------------------------- model plumbing
-
-
-def base_model(model: nn.Module) -> nn.Module:
-    """The transformers model under a PEFT wrapper (LoRA layers included), else `model`."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
-def fused_head_supported(model: nn.Module) -> bool:
-    """Whether log-probs may be computed as `log_softmax(hidden @ W.T + b)` of the backbone."""
-    base = base_model(model)
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    if not isinstance(head, nn.Linear):
-        return False
-    if not hasattr(base, getattr(base, "base_model_prefix", "") or "\0"):
-        return False
-    config = base.config
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return all(getattr(config, key, None) in (None, 1, 1.0) for key in _LOGIT_TRANSFORMS)
-
-
-def position_ids(attention_mask: Tensor) -> Tensor:
-    """Positions counted over real tokens, so left and right padding give the same numbers."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def sequence_log_probs(
-    model: nn.Module,
-    batch: dict[str, Tensor],
-    *,
-    fused: bool = True,
-    entropy_grad: bool = False,
-    chunk_size: int = 512,
-) -> tuple[Tensor, Tensor]:
-    """(log_probs, entropy) `(B, T)` of the response tokens of `batch` under `model`."""
-    ids, attn, mask = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
-    inputs = {
-        "input_ids": ids,
-        "attention_mask": attn,
-        "position_ids": position_ids(attn),
-        "use_cache": False,
-    }
-    if fused:
-        base = base_model(model)
-        hidden = getattr(base, base.base_model_prefix)(**inputs).last_hidden_state
-        head = base.get_output_embeddings()
-        lp, ent = token_log_probs_from_hidden(
-            hidden, head.weight, ids, mask, head.bias, chunk_size=chunk_size
-        )
-        return lp, ent if entropy_grad else ent.detach()
-    logits = model(**inputs).logits
-    lp, ent = token_log_probs(logits, ids, mask, entropy_grad=entropy_grad, chunk_size=chunk_size)
-    assert ent is not None
-    return lp, ent
-
-
-class LogProbModel(nn.Module):
-    """The policy as a module whose forward returns `(log_probs, entropy)` `(B, T)` of the
-    response tokens. Distributed wrappers (DDP, FSDP, DeepSpeed) hook into the forward of the
-    module they wrap; wrapping this one keeps the fused LM-head path (backbone + head weight,
-    no logits) inside that forward."""
-
-    def __init__(self, policy: nn.Module, *, fused: bool, chunk_size: int) -> None:
-        super().__init__()
-        self.policy = policy
-        self.fused = fused
-        self.chunk_size = chunk_size
-        # FSDP's transformer auto-wrap looks for the decoder layer classes here
-        self._no_split_modules = getattr(base_model(policy), "_no_split_modules", None)
-
-    def forward(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        response_mask: Tensor,
-        entropy_grad: bool = False,
-    ) -> tuple[Tensor, Tensor]:
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "response_mask": response_mask,
-        }
-        return sequence_log_probs(
-            self.policy,
-            batch,
-            fused=self.fused,
-            entropy_grad=entropy_grad,
-            chunk_size=self.chunk_size,
-        )
-
-
-def disable_dropout(model: nn.Module) -> None:
-    """Dropout off everywhere (modules and attention), whatever train()/eval() says."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = 0.0
-
-
-def lr_lambda(warmup_steps: int, total_steps: int, schedule: str) -> Callable[[int], float]:
-    """LR multiplier per step: linear warmup to 1, then constant, linear or cosine to 0."""
-    if schedule not in ("constant", "linear", "cosine"):
-        raise ValueError(f"unknown schedule {schedule!r}; use constant, linear or cosine")
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        if schedule == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float = 0.0):
-    """AdamW, fused (one kernel over all parameters, no per-step temporaries; ~5x faster on
-    CPU than the foreach default here) where this torch supports it for these parameters."""
-    try:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-
-
-def global_batch_size(cfg: Any, world_size: int = 1) -> int:
-    """Samples per optimizer step: `micro_batch_size` (per process) x `grad_accum_steps` x
-    processes (the convention of HF Trainer/TRL)."""
-    return cfg.micro_batch_size * cfg.grad_accum_steps * world_size
-
-
-def planned_steps(num_samples: int, cfg: Any, world_size: int = 1) -> int:
-    """Optimizer steps of a full run: epochs x batches x num_iterations, capped by max_steps."""
-    batch_size = global_batch_size(cfg, world_size)
-    steps = cfg.epochs * math.ceil(num_samples / batch_size) * cfg.num_iterations
-    return min(steps, cfg.max_steps) if cfg.max_steps else steps
-
-
-def epoch_order(num_samples: int, seed: int, epoch: int) -> list[int]:
-    """The sample order of an epoch: a permutation fixed by (seed, epoch), the same on every
-    process."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(num_samples, generator=generator).tolist()
-
-
-def rank_micro_batches(
-    num_rows: int, micro_batch_size: int, rank: int = 0, world_size: int = 1
-) -> list[list[int]]:
-    """The rows of a batch that each of this process's micro-batches holds.
-
-    The process's shard is rows `rank, rank + world_size, ...` (one process: all rows, in
-    order). Every process gets the same number of micro-batches,
-    `ceil(ceil(num_rows / world_size) / micro_batch_size)`, so collective operations line up;
-    an empty list is a micro-batch this process has no rows for (run as a zero-weight dummy).
-    """
-    rows = list(range(rank, num_rows, world_size))
-    per_rank = -(-num_rows // world_size)
-    count = max(1, -(-per_rank // micro_batch_size))
-    return [rows[i * micro_batch_size : (i + 1) * micro_batch_size] for i in range(count)]
-
-
-def _trim(batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], slice]:
-    """Drop columns that are padding in every row (either side); returns the kept slice."""
-    used = batch["attention_mask"].bool().any(0).nonzero()
-    cols = slice(int(used.min()), int(used.max()) + 1) if used.numel() else slice(0, 0)
-    return {k: (v[:, cols] if k in SEQ_KEYS else v) for k, v in batch.items()}, cols
-
-
-def _select_rows(batch: dict[str, Tensor], rows: list[int]) -> dict[str, Tensor]:
-    """The micro-batch of `rows`; no rows: a dummy (row 0), to be given zero weight."""
-    index = torch.tensor(rows or [0], dtype=torch.long, device=batch["input_ids"].device)
-    return {k: v.index_select(0, index) for k, v in batch.items()}
-
-
-def frac_zero_std_groups(group_ids: Tensor, group_reward_std: Tensor) -> float:
-    """Share of the *groups* in a batch (not of its samples) whose rewards are all equal."""
-    if group_ids.numel() == 0:
-        return 0.0
-    unique, first = torch.unique(group_ids, return_inverse=True)
-    zero = torch.zeros(len(unique), dtype=torch.bool, device=group_ids.device)
-    zero[first] = group_reward_std == 0
-    return float(zero.float().mean())
-
-
-class SourceSums:
-    """Per-source sums over one optimizer step's micro-batches (`SOURCE_KINDS`), so the
-    metrics say what each kind of workflow contributes: its samples and response tokens, the
-    mean advantage and token log-prob, and its additive share of `train/pg_loss` (token-mean
-    normalized like the loss, so the shares of all sources add up to it under token_mean)."""
-
-    def __init__(self, device: torch.device) -> None:
-        k = len(SOURCE_KINDS)
-        # rows: samples, tokens, pg sum, log-prob sum, advantage sum
-        self.sums = torch.zeros(5, k, dtype=torch.float64, device=device)
-
-    def add(self, micro: dict[str, Tensor], pg_seq_sum: Tensor, log_probs: Tensor) -> None:
-        src, mask = micro["source_ids"], micro["response_mask"].to(torch.float64)
-        k = len(SOURCE_KINDS)
-        rows = (
-            torch.ones_like(src, dtype=torch.float64),
-            mask.sum(-1),
-            pg_seq_sum.to(torch.float64),
-            (log_probs.to(torch.float64) * mask).sum(-1),
-            micro["advantages"].to(torch.float64),
-        )
-        for i, values in enumerate(rows):
-            self.sums[i] += torch.zeros(k, dtype=torch.float64, device=src.device).index_add_(
-                0, src, values
-            )
-
-    def reduce(self, accelerator: Any) -> None:
-        self.sums = accelerator.reduce(self.sums, "sum")
-
-    def metrics(self, batch: dict[str, Tensor], num_tokens: float) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for j, kind in enumerate(SOURCE_KINDS):
-            samples, tokens, pg, logp, adv = self.sums[:, j].tolist()
-            if not samples:
-                continue
-            prefix = f"train/source/{kind}"
-            out[f"{prefix}/samples"] = samples
-            out[f"{prefix}/response_tokens"] = tokens
-            out[f"{prefix}/pg_loss_share"] = pg / max(num_tokens, 1.0)
-            out[f"{prefix}/logp_mean"] = logp / max(tokens, 1.0)
-            out[f"{prefix}/advantage_mean"] = adv / samples
-        return out
-
-
-# ---------------------------------------------------------------- trainer
 
 
 class GRPOTrainer:
@@ -344,39 +127,17 @@ class GRPOTrainer:
         # gathers them (see gather_policy_weights, _optimizer_state)
         self.sharded = False
         if accelerator is not None:
-            from accelerate.utils import DistributedType
-
-            self._fill_deepspeed_config()
+            fill_deepspeed_config(accelerator, cfg.micro_batch_size, cfg.max_grad_norm)
             self.log_prob_model, self.optimizer = accelerator.prepare(
                 self.log_prob_model, self.base_optimizer
             )
-            self.sharded = accelerator.distributed_type in (
-                DistributedType.FSDP,
-                DistributedType.DEEPSPEED,
-            )
+            self.sharded = is_sharded(accelerator)
         self.total_steps = total_steps
         self.step = 0  # optimizer steps done, counted across runs that continue this optimizer
         self.start_step = 0  # the step this run (this dataset) started at
         self.epoch = 0  # position in the data, for resuming
         self.batch_in_epoch = 0
         self.scheduler = self._make_scheduler()
-
-    def _fill_deepspeed_config(self) -> None:
-        """DeepSpeed needs a micro-batch size up front; "auto" entries get the trainer's values
-        (gradient accumulation stays 1: the trainer marks the step boundary itself)."""
-        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
-        if plugin is None:
-            return
-        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm else 0.0
-        values = {
-            "train_micro_batch_size_per_gpu": self.cfg.micro_batch_size,
-            "gradient_accumulation_steps": 1,
-            "gradient_clipping": max(0.0, float(max_norm)),
-        }
-        config = plugin.deepspeed_config
-        for key, value in values.items():
-            if config.get(key, "auto") == "auto":
-                config[key] = value
 
     def _make_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
         """This run's LR schedule. The warmup counts global optimizer steps, so it happens once
@@ -444,7 +205,7 @@ class GRPOTrainer:
         for rows in plan:
             if not rows and reference and self.ref_model is not None:
                 continue  # a local model: no collective to keep in step
-            micro, cols = _trim(_select_rows(batch, rows))
+            micro, cols = trim_padding(select_rows(batch, rows))
             lp, _ = self._log_probs(micro, reference=reference)
             if rows:
                 out[torch.tensor(rows, device=self.device), cols] = lp
@@ -519,7 +280,7 @@ class GRPOTrainer:
         by_source = SourceSums(self.device)
         plan = rank_micro_batches(num_seqs, cfg.micro_batch_size, self.rank, self.world_size)
         for i, rows in enumerate(plan):
-            micro, _ = _trim(_select_rows(batch, rows))
+            micro, _ = trim_padding(select_rows(batch, rows))
             with self._gradient_sync(i == len(plan) - 1):
                 lp, ent = self._log_probs(micro, entropy_grad=cfg.entropy_coef != 0)
                 if not rows:
@@ -617,25 +378,13 @@ class GRPOTrainer:
         every batch (checkpointing happens between batches, where no old log-probs are cached).
         Both run on every process. `cfg.max_steps` counts the steps of this run.
         """
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
         cfg = self.cfg
         batch_size = global_batch_size(cfg, self.world_size)
         last: dict[str, Any] = {}
-        progress = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
+        progress = progress_bar(
             "loss {task.fields[loss]:+.4f}  reward {task.fields[reward]:.3f}",
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            disable=not show_progress or self.rank != 0,
+            show_progress and self.rank == 0,
+            time_remaining=True,
         )
         with progress:
             task = progress.add_task(
@@ -687,37 +436,16 @@ class GRPOTrainer:
         complete on the main process). None when `self.model` can be saved as it is."""
         if not self.sharded:
             return None
-        state = self.accelerator.get_state_dict(self.log_prob_model)
-        # a tied weight (e.g. lm_head = embeddings) is saved once, under its first name
-        first: dict[int, str] = {}
-        for name, param in self.model.named_parameters(remove_duplicate=False):
-            first.setdefault(id(param), name)
-        keep = set(first.values()) | {name for name, _ in self.model.named_buffers()}
-        prefix = "policy."
-        return {
-            k[len(prefix) :]: v
-            for k, v in state.items()
-            if k.startswith(prefix) and (k[len(prefix) :] in keep)
-        }
+        # the policy is `LogProbModel.policy` inside the prepared module
+        return gather_state_dict(self.accelerator, self.log_prob_model, self.model, "policy.")
 
     def _optimizer_state(self) -> Any:
-        """The optimizer state to save: `optimizer.state_dict()`; under FSDP the full state
-        gathered to the main process, keyed by parameter name (`{"by_name": ...}`, a
-        collective); under DeepSpeed None (not saved)."""
+        """The optimizer state to save: `optimizer.state_dict()`; sharded, that of
+        `full_optimizer_state` (FSDP: the full state gathered to the main process, keyed by
+        parameter name, a collective; DeepSpeed: None, not saved)."""
         if not self.sharded:
             return self.optimizer.state_dict()
-        from accelerate.utils import DistributedType
-
-        if self.accelerator.distributed_type != DistributedType.FSDP:
-            return None
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_optimizer_state_dict,
-        )
-
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state = get_optimizer_state_dict(self.log_prob_model, self.base_optimizer, options=options)
-        return {"by_name": state}
+        return full_optimizer_state(self.accelerator, self.log_prob_model, self.base_optimizer)
 
     def state_dict(self) -> dict[str, Any]:
         """Optimizer, scheduler, position and RNG states (weights are saved separately).
@@ -746,18 +474,8 @@ class GRPOTrainer:
 
     def _load_optimizer_state(self, state: dict[str, Any]) -> None:
         saved = state.get("optimizer")
-        if isinstance(saved, dict) and "by_name" in saved:  # saved by an FSDP run
-            from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions,
-                set_optimizer_state_dict,
-            )
-
-            set_optimizer_state_dict(
-                self.log_prob_model,
-                self.base_optimizer,
-                optim_state_dict=saved["by_name"],
-                options=StateDictOptions(full_state_dict=True),
-            )
+        if is_full_optimizer_state(saved):  # saved by an FSDP run
+            load_full_optimizer_state(self.log_prob_model, self.base_optimizer, saved)
         elif saved is not None and self.sharded:
             log.warning(
                 "an unsharded run's optimizer state cannot seed a sharded one: AdamW restarts"
