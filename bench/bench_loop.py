@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from wfopt.loop import print_feedback, print_results
+from wfopt.loop_table import print_feedback, print_results
 
 OVERRIDES = [  # on top of conf/loop.yaml (make run's setting: edit_share, GRPO one epoch)
     "loop.episodes=3",

@@ -6,8 +6,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from wfopt.config import MCTSConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -33,6 +37,15 @@ TINY_LOOP = [
     "grpo.micro_batch_size=2",
     "hardware.num_threads=1",
 ]
+
+
+def mcts(**overrides) -> MCTSConfig:
+    """An `mcts` config: the schema's defaults with `overrides`."""
+    from omegaconf import OmegaConf
+
+    from wfopt.config import MCTSConfig
+
+    return OmegaConf.merge(OmegaConf.structured(MCTSConfig), overrides)  # type: ignore[return-value]
 
 
 def pytest_configure(config):
@@ -117,7 +130,7 @@ def resumed_loop(tmp_path_factory) -> dict:
     import signal
     import time
 
-    from wfopt.loop import load_state
+    from wfopt.loop_state import load_state
 
     tmp = tmp_path_factory.mktemp("resumed-loop")
     run, cache = tmp / "run", tmp / "responses.sqlite"

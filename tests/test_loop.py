@@ -1,5 +1,5 @@
-"""`wfopt loop`: state, plan, and real runs of the whole loop on the embedded model,
-including a SIGKILL mid-episode and a resume, and an executor outage."""
+"""`wfopt loop`: the seeded problem order, and real runs of the whole loop on the embedded
+model, including a SIGKILL mid-episode and a resume, and an executor outage."""
 
 from __future__ import annotations
 
@@ -9,32 +9,12 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_LOOP as TINY
-from omegaconf import OmegaConf
 
-from wfopt.loop import (
-    LoopError,
-    build_on,
-    episode_problems,
-    load_state,
-    new_state,
-    plan,
-    save_state,
-)
+from wfopt.loop import episode_problems
+from wfopt.loop_results import build_on
+from wfopt.loop_state import load_state
 
 WFOPT = Path(sys.executable).with_name("wfopt")
-
-
-def test_state_is_saved_atomically_and_read_back(tmp_path):
-    state = new_state()
-    state.update(episode=3, cursor=18, checkpoint="/x/step-000004", wandb_run_id="abc")
-    save_state(tmp_path, state)
-    assert load_state(tmp_path) == state
-    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp file left
-    (tmp_path / "state.json").write_text("{broken")
-    with pytest.raises(LoopError, match="unreadable"):
-        load_state(tmp_path)
-    with pytest.raises(LoopError, match=r"no state\.json"):
-        load_state(tmp_path / "missing")
 
 
 def test_episode_problems_follow_one_seeded_order_and_wrap():
@@ -46,81 +26,6 @@ def test_episode_problems_follow_one_seeded_order_and_wrap():
     assert third[2:] == first[:2]  # past the end: wraps around to the start
     assert episode_problems(problems, seed=1, start=0, count=4) == first
     assert episode_problems(problems, seed=2, start=0, count=4) != first
-
-
-def test_next_episode_builds_on_the_best_validation_policy_so_far():
-    rows = [
-        {"split": "validation", "episode": 0, "accuracy": 0.10},
-        {"split": "validation", "episode": 1, "accuracy": 0.00},
-    ]
-    checkpoints = {"1": "ckpt-1"}
-    assert build_on(rows, checkpoints, "last") == "ckpt-1"
-    assert build_on(rows, checkpoints, "best_val") is None  # back to the untrained policy
-    rows.append({"split": "validation", "episode": 2, "accuracy": 0.10})
-    checkpoints["2"] = "ckpt-2"
-    assert build_on(rows, checkpoints, "best_val") == "ckpt-2"  # a tie: the later one
-    rows += [
-        {"split": "validation", "episode": 3, "accuracy": 0.05},
-        {"split": "test", "episode": 3, "accuracy": 0.90},  # test rows never choose
-    ]
-    checkpoints["3"] = "ckpt-3"
-    assert build_on(rows, checkpoints, "best_val") == "ckpt-2"
-    assert build_on(rows, checkpoints, "last") == "ckpt-3"
-
-
-def test_plan_counts_by_hand():
-    cfg = OmegaConf.create(
-        {
-            "loop": {
-                "episodes": 3,
-                "problems_per_episode": 5,
-                "val_problems": 10,
-                "test_problems": 20,
-                "eval_samples": 2,
-                "baselines": ["io"],
-            },
-            "mcts": {
-                "policy_samples": 4,
-                "iterations": 6,
-                "max_invalid_retries": 2,
-                "rollouts": 2,
-                "max_operator_calls": 20,
-            },
-            "grpo": {"max_steps": None},
-            "dataset": {"name": "arithmetic"},
-            "model": {"name": "m", "path": "p", "lora": {"enabled": False}},
-            "executor": {"backend": "same_as_policy", "base_url": None},
-            "hardware": {
-                "device": "cpu",
-                "dtype": "float32",
-                "distributed": "no",
-                "num_processes": 1,
-            },
-        }
-    )
-    rows = plan(cfg)
-    assert rows["workflow evaluations per tree (max)"] == 1 + 6 + 4
-    assert rows["workflow runs, all episodes (max)"] == 15 * 11 * 2
-    assert rows["policy samples, search (max)"] == 15 * (4 + 6 * 3)
-    # validation before and after each of 3 episodes, test for the untrained and selected
-    assert rows["policy samples, held-out evaluations"] == (4 * 10 + 2 * 20) * 2
-    assert rows["feedback search (after the test)"] == "-"
-    cfg.mcts.edit_share, cfg.loop.feedback_problems = 1.0, 8  # no expansion asks the policy
-    rows = plan(cfg)
-    assert rows["policy samples, search (max)"] == 15 * 4
-    assert rows["feedback search (after the test)"] == "8 unseen train problems x 2 policies"
-
-
-def test_dry_run_prints_the_plan_and_loads_nothing(cli, tmp_path):
-    run = tmp_path / "dry"
-    result = cli("loop", "dry_run=true", "model=qwen2_7b", f"hydra.run.dir={run}")
-    assert "wfopt loop plan" in result.stdout and "qwen2_7b" in result.stdout
-    assert not (run / "state.json").exists()
-
-
-def test_bad_loop_config_is_a_clear_error(cli):
-    result = cli("loop", "loop.episodes=0", "dry_run=true", expect_ok=False)
-    assert result.returncode != 0 and "loop.episodes=0 (must be >= 1)" in result.stderr
 
 
 def _lines(path: Path) -> list[dict]:
@@ -160,7 +65,9 @@ def test_loop_killed_mid_episode_resumes_without_loss_or_duplicates(resumed_loop
     mine = state["scores"][f"test/episode {selected} (selected)"]
     assert final["vs_best_baseline"]["diff"] == pytest.approx((sum(mine) - sum(io)) / 3)
     assert final["vs_untrained"]["diff"] == pytest.approx((sum(mine) - sum(untrained)) / 3)
-    assert Path(state["checkpoint"]).is_dir()
+    # every episode's checkpoint is kept; the next episode would build on the best on validation
+    assert all(Path(c).is_dir() for c in state["checkpoints"].values())
+    assert state["checkpoint"] == build_on(state["results"], state["checkpoints"], "best_val")
 
     # the feedback comparison: one train problem no episode searched, once per policy
     feedback = state["feedback"]
@@ -222,28 +129,6 @@ def test_executor_outage_fails_the_episode_clearly(cli, tmp_path, dead_executor)
     assert [r["label"] for r in state["results"]] in ([], ["untrained policy"])
     trajectories = run / "episodes" / "000" / "trajectories.jsonl"
     assert not trajectories.exists() or not trajectories.read_text().strip()
-
-
-def test_resume_keeps_the_runs_config_and_applies_dotted_overrides(tmp_path):
-    from wfopt.config import LoopConfig
-    from wfopt.loop import resumed_config
-
-    saved = OmegaConf.structured(LoopConfig)
-    saved.loop.episodes = 2
-    saved.grpo.lr = 3e-5
-    (tmp_path / ".hydra").mkdir()
-    OmegaConf.save(saved, tmp_path / ".hydra" / "config.yaml")
-    cfg = resumed_config(tmp_path, [f"resume={tmp_path}", "loop.episodes=5"])
-    assert cfg.loop.episodes == 5 and cfg.grpo.lr == 3e-5 and cfg.resume == str(tmp_path)
-    with pytest.raises(LoopError, match="model=qwen2_7b"):
-        resumed_config(tmp_path, ["model=qwen2_7b"])
-    with pytest.raises(LoopError, match="missing"):
-        resumed_config(tmp_path / "elsewhere", [])
-    old = OmegaConf.to_container(saved)
-    old["executor"]["retry_backoff_s"] = 0.5  # a key an earlier wfopt had
-    OmegaConf.save(OmegaConf.create(old), tmp_path / ".hydra" / "config.yaml")
-    with pytest.raises(LoopError, match=r"retry_backoff_s.*the wfopt version that started it"):
-        resumed_config(tmp_path, [])
 
 
 @pytest.mark.slow

@@ -11,26 +11,21 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import mcts
 from omegaconf import OmegaConf
 
 from wfopt.baselines import load_baseline
-from wfopt.config import MCTSConfig
 from wfopt.execution import Record
 from wfopt.policy import RESPONSE_PREFIX, PolicySample, policy_response, workflow_from_completion
-from wfopt.search.driver import check_mcts_config
 from wfopt.search.edits import EDIT_KINDS, edit_variants, propose_edit
 from wfopt.search.errors import SearchError
 from wfopt.search.mcts import Evaluation, TreeSearch, cost_penalized_reward, failure_notes
-from wfopt.search.output import finished_problem_ids, trajectory_record
+from wfopt.search.output import trajectory_record
 from wfopt.search.selection import aflow_choice, aflow_probabilities, uct_choice, uct_score
 from wfopt.search.tree import Tree
 from wfopt.workflow import parse_workflow
 
 MATH_BASELINES = ["io", "cot", "cot_sc", "programmer", "self_refine"]
-
-
-def mcts(**overrides) -> MCTSConfig:
-    return OmegaConf.merge(OmegaConf.structured(MCTSConfig), overrides)  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------------- selection math
@@ -168,15 +163,6 @@ def test_edit_first_tries_those_kinds_before_any_other_for_every_seed():
     assert {k for k, _ in plain} != {"swap_operator"}  # the order really is drawn
     with pytest.raises(ValueError, match="swap_operators"):
         propose_edit(source, set(), random.Random(0), first=("swap_operators",))
-
-
-def test_check_mcts_config_names_each_bad_key():
-    check_mcts_config(mcts(edit_first=["swap_operator", "add_review"]))
-    with pytest.raises(SearchError) as error:
-        check_mcts_config(mcts(edit_first=["swap_operators"], edit_share=1.5, rollouts=0))
-    message = str(error.value)
-    assert "swap_operators" in message and "edit_share=1.5" in message
-    assert "mcts.rollouts=0 (must be >= 1)" in message
 
 
 # ------------------------------------------------------------------------- the search
@@ -502,22 +488,6 @@ def test_policy_completion_round_trip():
     assert policy_response("async def solve(q):\n    return await generate(q)") == (
         "return await generate(problem)\n"
     )
-
-
-# ---------------------------------------------------------------------------- output file
-
-
-def test_finished_problem_ids_cuts_a_torn_line_and_rejects_corruption(tmp_path):
-    path = tmp_path / "trajectories.jsonl"
-    good = json.dumps({"problem_id": 7, "problem": "q"}) + "\n"
-    path.write_text(good + '{"problem_id": 8, "prob')
-    assert finished_problem_ids(path) == {"7"}
-    assert path.read_text() == good  # the torn line is gone, the finished one kept
-    path.write_text("not json\n" + good)
-    with pytest.raises(SearchError, match=":1: unreadable"):
-        finished_problem_ids(path)
-    assert path.read_text() == "not json\n" + good  # nothing lost
-    assert finished_problem_ids(tmp_path / "missing.jsonl") == set()
 
 
 # ----------------------------------------------------------------- real model, real runs

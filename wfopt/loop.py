@@ -28,6 +28,11 @@ episodes measure better workflows, not a different executor (and cached executor
 stay valid). A killed run continues with `resume=RUN_DIR`: finished search problems are kept
 (one flushed line each), a finished training is not repeated, and the W&B run is resumed.
 
+This module is the episode logic (`Loop`) and the command (`run`). Around it: the state file
+(`wfopt.loop_state`), the config checks (`wfopt.loop_config`), the dry-run plan
+(`wfopt.loop_plan`), the results table (`wfopt.loop_results`, printed by `wfopt.loop_table`)
+and training on several processes (`wfopt.grpo.launch`).
+
 Layout of a run directory:
 
     state.json                     where the loop stands (written atomically)
@@ -50,9 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from wfopt.config import LoopConfig, TrainConfig, config_dir
 from wfopt.errors import InfrastructureError
 from wfopt.execution import (
     eval_metrics,
@@ -62,60 +65,22 @@ from wfopt.execution import (
     policy_summary,
     summarize,
 )
+from wfopt.loop_config import check_loop_config, resumed_config
+from wfopt.loop_errors import LoopError
+from wfopt.loop_plan import plan, print_plan
+from wfopt.loop_results import (
+    add_paired_comparisons,
+    build_on,
+    paired_metrics,
+    problem_scores,
+    result_row,
+    select_episode,
+)
+from wfopt.loop_state import load_state, new_state, save_state
+from wfopt.loop_table import print_feedback, print_results
+from wfopt.trajectory import TRAJECTORIES
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "state.json"
-ACCELERATE_CONFIGS = {"ddp": "ddp.yaml", "fsdp": "fsdp.yaml", "deepspeed": "deepspeed_zero3.yaml"}
-GROUPS = ("model", "executor", "dataset", "mcts", "grpo", "hardware")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class LoopError(RuntimeError):
-    """A loop that cannot start or go on; the message says what to do."""
-
-
-# ------------------------------------------------------------------------------------ state
-
-
-def new_state() -> dict[str, Any]:
-    return {
-        "episode": 0,  # episodes completed
-        "cursor": 0,  # training problems consumed
-        "checkpoint": None,  # the current policy (None: untrained)
-        "train_step": 0,  # optimizer steps so far (W&B step of the next metrics)
-        "trained": None,  # {"episode", "checkpoint", "train_step"}: trained, not yet evaluated
-        "wandb_run_id": None,
-        "results": [],  # one row per held-out evaluation (the final table)
-        "scores": {},  # "<split>/<label>" -> per-problem scores (for the paired comparisons)
-    }
-
-
-def save_state(run_dir: Path, state: dict[str, Any]) -> None:
-    """Write `state.json` atomically: a reader sees the old state or the new, never a mix."""
-    tmp = run_dir / f".{STATE_FILE}.tmp"
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(state, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, run_dir / STATE_FILE)
-
-
-def load_state(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / STATE_FILE
-    if not path.is_file():
-        raise LoopError(f"resume={run_dir}: no {STATE_FILE} there (not a wfopt loop run?)")
-    try:
-        return {**new_state(), **json.loads(path.read_text())}
-    except json.JSONDecodeError as err:
-        raise LoopError(f"{path}: unreadable ({err})") from None
 
 
 def episode_problems(problems: list[Any], seed: int, start: int, count: int) -> list[Any]:
@@ -123,63 +88,6 @@ def episode_problems(problems: list[Any], seed: int, start: int, count: int) -> 
     order = list(range(len(problems)))
     random.Random(seed).shuffle(order)
     return [problems[order[(start + i) % len(order)]] for i in range(count)]
-
-
-# ----------------------------------------------------------------------------------- plan
-
-
-def plan(
-    cfg: DictConfig, n_train: int | None = None, n_eval: tuple[int, int] | None = None
-) -> dict:
-    """Budgets and upper bounds on LLM calls, from the config alone."""
-    lp, m = cfg.loop, cfg.mcts
-    per_tree_evals = 1 + m.iterations + m.policy_samples
-    asks_policy = m.get("edit_share", 0.0) < 1  # edit_share=1: every expansion is an edit
-    per_tree_proposals = m.policy_samples + asks_policy * m.iterations * (1 + m.max_invalid_retries)
-    problems = lp.episodes * lp.problems_per_episode
-    runs = problems * per_tree_evals * m.rollouts
-    evals = ((lp.episodes + 1) * lp.val_problems + 2 * lp.test_problems) * lp.eval_samples
-    return {
-        "episodes": lp.episodes,
-        "training problems per episode": lp.problems_per_episode,
-        "training problems available": n_train,
-        "validation problems (per episode)": f"{lp.val_problems} ({cfg.dataset.name}/validation"
-        + (f", {n_eval[0]} available)" if n_eval is not None else ")"),
-        "test problems (once, at the end)": f"{lp.test_problems} ({cfg.dataset.name}/test"
-        + (f", {n_eval[1]} available)" if n_eval is not None else ")"),
-        "baselines (test)": ", ".join(lp.baselines) or "-",
-        "workflow evaluations per tree (max)": per_tree_evals,
-        "workflow runs, all episodes (max)": runs,
-        "executor calls, search (max)": runs * m.max_operator_calls,
-        "policy samples, search (max)": problems * per_tree_proposals,
-        "policy samples, held-out evaluations": evals,
-        "GRPO steps per episode": cfg.grpo.max_steps if cfg.grpo.max_steps else "all samples",
-        "feedback search (after the test)": (
-            f"{feedback} unseen train problems x 2 policies"
-            if (feedback := lp.get("feedback_problems", 0))
-            else "-"
-        ),
-        "policy": f"{cfg.model.name} ({cfg.model.path}), LoRA={cfg.model.lora.enabled}",
-        "executor": f"{cfg.executor.backend}"
-        + (f" {cfg.executor.model} at {cfg.executor.base_url}" if cfg.executor.base_url else ""),
-        "hardware": f"{cfg.hardware.device} {cfg.hardware.dtype}, "
-        f"distributed={cfg.hardware.distributed} x{cfg.hardware.num_processes}",
-    }
-
-
-def print_plan(rows: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="wfopt loop plan (dry run: nothing loaded)", show_header=False)
-    table.add_column("", style="bold")
-    table.add_column("")
-    for key, value in rows.items():
-        table.add_row(key, "-" if value is None else str(value))
-    Console().print(table)
-
-
-# ------------------------------------------------------------------------------ the loop
 
 
 class Loop:
@@ -307,7 +215,7 @@ class Loop:
 
         lp = self.cfg.loop
         episode_dir = self.run_dir / "episodes" / f"{episode:03d}"
-        out = episode_dir / "trajectories.jsonl"
+        out = episode_dir / TRAJECTORIES
         problems = episode_problems(
             self.train_problems, self.cfg.seed, self.state["cursor"], lp.problems_per_episode
         )
@@ -341,15 +249,35 @@ class Loop:
 
     def train(self, episode: int) -> None:
         from wfopt.grpo.data import read_trajectories
+        from wfopt.grpo.launch import launch_training
         from wfopt.grpo.train import TrainingError, train_policy
 
         files = [
-            self.run_dir / "episodes" / f"{e:03d}" / "trajectories.jsonl"
+            self.run_dir / "episodes" / f"{e:03d}" / TRAJECTORIES
             for e in range(max(0, episode - self.cfg.loop.replay_episodes), episode + 1)
         ]
         files = [f for f in files if f.is_file()]
-        if self.cfg.hardware.distributed != "no":
-            self.state["trained"] = {"episode": episode, **self._train_distributed(episode, files)}
+        hw = self.cfg.hardware
+        if hw.distributed != "no":
+            log.info(
+                "episode %d: training on %d processes (%s)",
+                episode,
+                hw.num_processes,
+                hw.distributed,
+            )
+            try:
+                trained = launch_training(
+                    self.cfg,
+                    files,
+                    self.run_dir / "episodes" / f"{episode:03d}" / "train",
+                    init_checkpoint=self.state["checkpoint"],
+                    first_step=self.state["train_step"],
+                    checkpoint_info={"episode": episode},
+                    tracker=self.tracker,
+                )
+            except TrainingError as err:
+                raise LoopError(f"episode {episode}: {err}") from None
+            self.state["trained"] = {"episode": episode, **trained}
             save_state(self.run_dir, self.state)
             return
         trajectories = [t for f in files for t in read_trajectories(f)]
@@ -373,68 +301,6 @@ class Loop:
         }
         save_state(self.run_dir, self.state)
 
-    def _train_distributed(self, episode: int, files: list[Path]) -> dict[str, Any]:
-        """Train under `accelerate launch` (`hardware.distributed`, `hardware.num_processes`)
-        in `episodes/NNN/train/`; its per-step metrics are forwarded to this run's tracker."""
-        import subprocess
-        import sys
-
-        from wfopt.runtime import threads_per_process
-
-        hw = self.cfg.hardware
-        train_dir = self.run_dir / "episodes" / f"{episode:03d}" / "train"
-        train_dir.mkdir(parents=True, exist_ok=True)
-        (train_dir / "result.json").unlink(missing_ok=True)
-        (train_dir / "metrics.jsonl").unlink(missing_ok=True)  # a crashed try's partial log
-        config = OmegaConf.to_container(self.cfg, resolve=True)
-        import dataclasses
-
-        # the training job's config: the loop's own keys (loop, resume, report, ...) left out
-        train_keys = {f.name for f in dataclasses.fields(TrainConfig)} - {"resume"}
-        config = {k: v for k, v in config.items() if k in train_keys}  # type: ignore[union-attr]
-        config["tracking"]["wandb"] = False  # type: ignore[index]  # this process logs to W&B
-        job = {
-            "config": config,
-            "trajectories": [str(f) for f in files],
-            "run_dir": str(train_dir),
-            "init_checkpoint": self.state["checkpoint"],
-            "first_step": self.state["train_step"],
-            "checkpoint_info": {"episode": episode},
-        }
-        job_file = train_dir / "job.json"
-        job_file.write_text(json.dumps(job, indent=2))
-        accelerate_config = hw.accelerate_config or str(
-            config_dir() / "accelerate" / ACCELERATE_CONFIGS[hw.distributed]
-        )
-        command = [
-            sys.executable, "-m", "accelerate.commands.launch",
-            "--config_file", accelerate_config,
-            "--num_processes", str(hw.num_processes),
-            "--main_process_ip", "127.0.0.1",
-            "--main_process_port", str(_free_port()),
-            "-m", "wfopt.grpo.launch", str(job_file),
-        ]  # fmt: skip
-        threads = hw.num_threads or threads_per_process(hw.num_processes)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        log.info(
-            "episode %d: training on %d processes (%s)", episode, hw.num_processes, hw.distributed
-        )
-        with (train_dir / "train.log").open("w") as out:
-            done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        if done.returncode != 0 or not (train_dir / "result.json").is_file():
-            raise LoopError(
-                f"episode {episode}: distributed training failed (exit code {done.returncode}); "
-                f"see {train_dir / 'train.log'}"
-            )
-        for line in (train_dir / "metrics.jsonl").read_text().splitlines():
-            record = json.loads(line)
-            if "step" in record:
-                step = record.pop("step")
-                record.pop("time", None)
-                self.tracker.log(record, step=step)
-        result = json.loads((train_dir / "result.json").read_text())
-        return {"checkpoint": result["checkpoint"], "train_step": result["step"]}
-
     # -- the whole run -----------------------------------------------------------------------
 
     def record(self, row: dict[str, Any]) -> None:
@@ -453,7 +319,7 @@ class Loop:
         if ("validation", "untrained policy") not in done:
             summary = await self.evaluate_policy("untrained policy", "validation")
             self.tracker.log(eval_metrics(summary), step=0)
-            self.record(_row("untrained policy", "validation", 0, summary))
+            self.record(result_row("untrained policy", "validation", 0, summary))
         while state["episode"] < lp.episodes:
             episode = state["episode"]
             log.info("episode %d/%d", episode + 1, lp.episodes)
@@ -473,7 +339,7 @@ class Loop:
                 str(episode + 1): trained["checkpoint"],
             }
             state["results"].append(
-                _row(f"episode {episode + 1}", "validation", episode + 1, summary)
+                result_row(f"episode {episode + 1}", "validation", episode + 1, summary)
             )
             start = build_on(state["results"], state["checkpoints"], lp.build_on)
             if start != trained["checkpoint"]:
@@ -504,7 +370,7 @@ class Loop:
                 self.tracker.log(
                     eval_metrics(summary, f"test_baseline/{name}"), step=state["train_step"]
                 )  # W&B drops a step below the current one
-                self.record(_row(f"baseline {name}", "test", -1, summary))
+                self.record(result_row(f"baseline {name}", "test", -1, summary))
         await self._release_policy()
         candidates = [("untrained policy", 0, None)]
         episode = select_episode(state["results"], lp.select)
@@ -518,7 +384,7 @@ class Loop:
             summary = await self.evaluate_policy(label, "test")
             metrics = {f"test/{k.split('/', 1)[1]}": v for k, v in eval_metrics(summary).items()}
             self.tracker.log(metrics, step=state["train_step"])
-            self.record(_row(label, "test", number, summary))
+            self.record(result_row(label, "test", number, summary))
             await self._release_policy()
         add_paired_comparisons(state["results"], state["scores"], lp.baselines)
         self.record_all()
@@ -544,7 +410,7 @@ class Loop:
             proposer = None
             if cfg.mcts.proposer == "policy":
                 proposer = policy_proposer(cfg, self.policy, self.executor, self.dataset.kind)
-            out = self.run_dir / "feedback" / label.replace(" ", "_") / "trajectories.jsonl"
+            out = self.run_dir / "feedback" / label.replace(" ", "_") / TRAJECTORIES
             out.unlink(missing_ok=True)  # a killed try's trees: searched again, whole
             report = await search_problems(
                 problems, dataset=self.dataset, dataset_name=cfg.dataset.name, split="train",
@@ -583,235 +449,6 @@ class Loop:
         await self.executor.aclose()
         if self.policy is not self.base and self.policy is not None:
             await self.policy.aclose()
-
-
-def _row(label: str, split: str, episode: int, summary: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "label": label,
-        "split": split,
-        "episode": episode,
-        "n": summary["n"],
-        "valid_rate": summary.get("valid_rate"),
-        "valid_rate_ci95": summary.get("valid_rate_ci95"),
-        "first_valid_rate": summary.get("first_valid_rate"),
-        "accuracy": summary["accuracy"],
-        "accuracy_ci95": summary["accuracy_ci95"],
-        "mean_tokens": summary["mean_tokens"],
-        "cost_usd": summary["cost_usd"],
-        "operator_use": summary.get("operator_use"),
-        "answer_in_code_rate": summary.get("answer_in_code_rate"),
-        "wall_time_s": summary["wall_time_s"],
-    }
-
-
-def problem_scores(records: list[Any], problems: list[Any]) -> list[float]:
-    """One score per problem, in `problems` order: the mean over that problem's records (the
-    policy may write several workflows per problem)."""
-    totals: dict[str, list[float]] = {str(p.id): [] for p in problems}
-    for r in records:
-        totals[str(r.problem_id)].append(r.score)
-    return [sum(v) / len(v) if v else 0.0 for v in totals.values()]
-
-
-def select_episode(rows: list[dict[str, Any]], rule: str, first: int = 1) -> int | None:
-    """The episode to report on test, chosen on validation rows only: the highest validation
-    accuracy (ties: the later episode), or the last one. None before any episode. `first=0`
-    lets the untrained policy (episode 0) compete."""
-    episodes = [r for r in rows if r["split"] == "validation" and r["episode"] >= first]
-    if not episodes:
-        return None
-    if rule == "last":
-        return max(r["episode"] for r in episodes)
-    return max(episodes, key=lambda r: (r["accuracy"], r["episode"]))["episode"]
-
-
-def build_on(rows: list[dict[str, Any]], checkpoints: dict[str, str], rule: str) -> str | None:
-    """The checkpoint the next episode trains from (None: the untrained policy): the last
-    episode's, or (`best_val`) the best on validation so far, the untrained policy included."""
-    episode = select_episode(rows, rule, first=0)
-    return checkpoints.get(str(episode)) if episode else None
-
-
-def add_paired_comparisons(
-    rows: list[dict[str, Any]], scores: dict[str, list[float]], baselines: list[str]
-) -> None:
-    """Give every test row of a policy `vs_untrained` and `vs_best_baseline`: the paired
-    comparison (difference [95% CI], bootstrap and McNemar p) on the same test problems. The
-    best baseline is the one with the highest test accuracy (the hardest reference)."""
-    from wfopt.stats import compare_paired
-
-    test = {r["label"]: r for r in rows if r["split"] == "test"}
-    present = [f"baseline {b}" for b in baselines if f"baseline {b}" in test]
-    best = max(present, key=lambda label: test[label]["accuracy"], default=None)
-    for label, row in test.items():
-        if label.startswith("baseline "):
-            continue
-        mine = scores[f"test/{label}"]
-        if label != "untrained policy" and "test/untrained policy" in scores:
-            row["vs_untrained"] = compare_paired(mine, scores["test/untrained policy"]).as_dict()
-        if best is not None:
-            row["vs_best_baseline"] = {
-                "baseline": best,
-                **compare_paired(mine, scores[f"test/{best}"]).as_dict(),
-            }
-
-
-def paired_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Summary metrics of the selected episode's paired comparisons (`test/paired/*`)."""
-    out: dict[str, Any] = {}
-    for row in rows:
-        if row["split"] != "test" or not row["label"].endswith("(selected)"):
-            continue
-        for key in ("vs_untrained", "vs_best_baseline"):
-            if key in row:
-                c = row[key]
-                out[f"test/paired/{key}/diff"] = c["diff"]
-                out[f"test/paired/{key}/ci_low"], out[f"test/paired/{key}/ci_high"] = c["ci95"]
-                out[f"test/paired/{key}/p_bootstrap"] = c["p_bootstrap"]
-                if c["p_mcnemar"] is not None:
-                    out[f"test/paired/{key}/p_mcnemar"] = c["p_mcnemar"]
-    return out
-
-
-def _paired_cell(comparison: dict[str, Any] | None) -> str:
-    if not comparison:
-        return "-"
-    low, high = comparison["ci95"]
-    p = (
-        comparison["p_mcnemar"]
-        if comparison["p_mcnemar"] is not None
-        else comparison["p_bootstrap"]
-    )
-    return f"{comparison['diff']:+.2f} [{low:+.2f}, {high:+.2f}] p={p:.3f}"
-
-
-def print_results(rows: list[dict[str, Any]], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    columns = ("", "split", "valid rate (95% CI)", "accuracy (95% CI)", "answer in code")
-    columns = (*columns, "mean tokens", "n")
-    for column in (*columns, "vs untrained", "vs best baseline"):
-        table.add_column(column, justify="right")
-    for row in rows:
-        valid = "-"
-        if row["valid_rate"] is not None:
-            low, high = row["valid_rate_ci95"]
-            valid = f"{row['valid_rate']:.2f} [{low:.2f}, {high:.2f}]"
-            first = row.get("first_valid_rate")
-            if first is not None and first != row["valid_rate"]:
-                valid += f" (first try {first:.2f})"
-        low, high = row["accuracy_ci95"]
-        table.add_row(
-            row["label"],
-            row.get("split", "-"),
-            valid,
-            f"{row['accuracy']:.2f} [{low:.2f}, {high:.2f}]",
-            "-" if row.get("answer_in_code_rate") is None else f"{row['answer_in_code_rate']:.2f}",
-            f"{row['mean_tokens']:.0f}",
-            str(row["n"]),
-            _paired_cell(row.get("vs_untrained")),
-            _paired_cell(row.get("vs_best_baseline")),
-        )
-    Console().print(table)
-    Console().print(
-        "paired columns: test accuracy difference [95% paired-bootstrap CI], McNemar's exact p "
-        "(bootstrap p when scores are not 0/1); the episode is selected on validation; "
-        "answer in code: share of valid policy workflows whose code spells the answer; "
-        "first try: valid as first written, before loop.eval_invalid_retries"
-    )
-
-
-def print_feedback(arms: dict[str, dict[str, Any]]) -> None:
-    """The feedback comparison (`loop.feedback_problems`) as a table."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="search on unseen train problems, by the policy proposing")
-    for column in ("policy", "trees", "solved", "mean best reward", "evals to first solve"):
-        table.add_column(column, justify="left" if column == "policy" else "right")
-    for label, arm in arms.items():
-        first = arm["evaluations_to_first_solve"]
-        table.add_row(
-            label,
-            str(arm["problems"]),
-            f"{arm['solved_fraction']:.3f}",
-            f"{arm['best_reward_mean']:.3f}",
-            "-" if first is None else f"{first:.2f}",
-        )
-    Console().print(table)
-
-
-def check_loop_config(cfg: DictConfig) -> None:
-    from wfopt.grpo.train import TrainingError, check_config
-    from wfopt.search.driver import check_mcts_config
-
-    lp = cfg.loop
-    problems = [
-        f"loop.{k}={lp[k]} (must be >= 1)"
-        for k in (
-            "episodes",
-            "problems_per_episode",
-            "val_problems",
-            "test_problems",
-            "eval_samples",
-        )
-        if lp[k] < 1
-    ]
-    from wfopt.baselines import list_baselines
-
-    known = list_baselines()
-    problems += [
-        f"loop.baselines: unknown workflow {b!r} (known: {', '.join(known)})"
-        for b in lp.baselines
-        if b not in known
-    ]
-    problems += [
-        f"loop.{k}={lp[k]} (must be >= 0)"
-        for k in ("replay_episodes", "feedback_problems")
-        if lp[k] < 0
-    ]
-    if problems:
-        raise LoopError("invalid loop config: " + "; ".join(problems))
-    check_mcts_config(cfg.mcts)
-    try:
-        check_config(cfg.grpo)
-    except TrainingError as err:
-        raise LoopError(str(err)) from None
-
-
-def resumed_config(run_dir: Path, overrides: list[str]) -> DictConfig:
-    """The run's own config (`.hydra/config.yaml`), with this command's `key.path=value`
-    overrides on top (e.g. `loop.episodes=6` to extend a run). Choosing another config group
-    option (`model=...`) cannot apply to a run half done: that is an error."""
-    saved = run_dir / ".hydra" / "config.yaml"
-    if not saved.is_file():
-        raise LoopError(f"resume={run_dir}: {saved} is missing, so its config is unknown")
-    dotted = []
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if key == "resume":
-            continue
-        if key in GROUPS:
-            raise LoopError(
-                f"resume: `{override}` would swap a config group of a run half done; "
-                "a resumed loop keeps its own config (dotted overrides such as "
-                "loop.episodes=N still apply)"
-            )
-        dotted.append(override.lstrip("+"))
-    schema = OmegaConf.structured(LoopConfig)
-    try:
-        merged = OmegaConf.merge(schema, OmegaConf.load(saved))
-    except OmegaConfBaseException as err:  # e.g. a key an older wfopt had
-        raise LoopError(
-            f"resume={run_dir}: its saved config does not fit this version of wfopt's "
-            f"schema ({err.__class__.__name__}: {str(err).splitlines()[0]}); resume it with "
-            "the wfopt version that started it"
-        ) from err
-    merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(dotted))
-    merged.resume = str(run_dir)
-    return merged  # type: ignore[return-value]
 
 
 def run(cfg: DictConfig) -> float:

@@ -25,6 +25,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from wfopt.trajectory import TRAJECTORIES
+
 log = logging.getLogger(__name__)
 
 # -- where plotted values come from ---------------------------------------------------------
@@ -44,7 +46,7 @@ SOURCES = {
     "loop": ("results.json", "state.json"),
     "train": ("metrics.jsonl",),
     "evaluate": ("summary.json", "results.jsonl"),
-    "search": ("trajectories.jsonl", "tree.json", "best_workflow.py"),
+    "search": (TRAJECTORIES, "tree.json", "best_workflow.py"),
 }
 TRAIN_KEYS = (
     "train/pg_loss",
@@ -171,7 +173,7 @@ def _job_label(job: Path, summary: dict[str, Any]) -> str:
 def search_data(run_dir: Path) -> dict[str, Any]:
     """Per problem the seed's and the tree's best reward; all rewards grouped by source."""
     problems, by_source = [], defaultdict(list)
-    for t in _read_jsonl(run_dir / "trajectories.jsonl"):
+    for t in _read_jsonl(run_dir / TRAJECTORIES):
         rewards = [_number(r) for r in t.get("rewards") or []]
         sources = list(t.get("sources") or ["?"] * len(rewards))
         if not rewards or None in rewards:
@@ -471,9 +473,9 @@ def best_workflows(kind: str, run_dir: Path) -> list[tuple[str, str]]:
         return [("best workflow (dataset scope)", (run_dir / "best_workflow.py").read_text())]
     files = []
     if kind == "search":
-        files = [run_dir / "trajectories.jsonl"]
+        files = [run_dir / TRAJECTORIES]
     elif kind == "loop":
-        files = sorted((run_dir / "episodes").glob("*/trajectories.jsonl"))
+        files = sorted((run_dir / "episodes").glob(f"*/{TRAJECTORIES}"))
     if files:
         best: dict[str, tuple[float, str, str]] = {}
         for file in files:
@@ -537,7 +539,7 @@ def run_kind(run_dir: Path) -> str:
         return "loop"
     if (run_dir / "summary.json").is_file():
         return "evaluate"
-    if any((run_dir / f).is_file() for f in ("trajectories.jsonl", "tree.json")):
+    if any((run_dir / f).is_file() for f in (TRAJECTORIES, "tree.json")):
         return "search"
     if (run_dir / "multirun.yaml").is_file() or _job_dirs(run_dir):
         return "sweep"
@@ -545,7 +547,7 @@ def run_kind(run_dir: Path) -> str:
         return "train"
     raise ReportError(
         f"{run_dir}: not a wfopt run directory (expected one of state.json, summary.json, "
-        "trajectories.jsonl, tree.json, metrics.jsonl, or a sweep's job directories)"
+        f"{TRAJECTORIES}, tree.json, metrics.jsonl, or a sweep's job directories)"
     )
 
 
