@@ -16,6 +16,7 @@ def test_plan_counts_by_hand():
                 "val_problems": 10,
                 "test_problems": 20,
                 "eval_samples": 2,
+                "eval_invalid_retries": 1,
                 "baselines": ["io"],
             },
             "mcts": {
@@ -42,7 +43,8 @@ def test_plan_counts_by_hand():
     assert rows["workflow runs, all episodes (max)"] == 15 * 11 * 2
     assert rows["policy samples, search (max)"] == 15 * (4 + 6 * 3)
     # validation before and after each of 3 episodes, test for the untrained and selected
-    assert rows["policy samples, held-out evaluations"] == (4 * 10 + 2 * 20) * 2
+    # (written again once at most when invalid)
+    assert rows["policy samples, held-out evaluations (max)"] == (4 * 10 + 2 * 20) * 2 * 2
     assert rows["feedback search (after the test)"] == "-"
     cfg.mcts.edit_share, cfg.loop.feedback_problems = 1.0, 8  # no expansion asks the policy
     rows = plan(cfg)

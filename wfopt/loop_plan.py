@@ -20,6 +20,7 @@ def plan(
     problems = lp.episodes * lp.problems_per_episode
     runs = problems * per_tree_evals * m.rollouts
     evals = ((lp.episodes + 1) * lp.val_problems + 2 * lp.test_problems) * lp.eval_samples
+    evals *= 1 + lp.eval_invalid_retries  # at most: every workflow invalid, written again
     return {
         "episodes": lp.episodes,
         "training problems per episode": lp.problems_per_episode,
@@ -33,7 +34,7 @@ def plan(
         "workflow runs, all episodes (max)": runs,
         "executor calls, search (max)": runs * m.max_operator_calls,
         "policy samples, search (max)": problems * per_tree_proposals,
-        "policy samples, held-out evaluations": evals,
+        "policy samples, held-out evaluations (max)": evals,
         "GRPO steps per episode": cfg.grpo.max_steps if cfg.grpo.max_steps else "all samples",
         "feedback search (after the test)": (
             f"{feedback} unseen train problems x 2 policies"
