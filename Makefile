@@ -41,8 +41,10 @@ format: install
 	$(BIN)/ruff format wfopt tests bench
 	$(BIN)/ruff check --fix wfopt tests bench
 
+# one pytest worker per core (conftest gives each its share of torch threads); the tests of
+# the one real loop run share a worker, so that run is made once
 test: install lint
-	$(BIN)/pytest -m "not slow" -q
+	$(BIN)/pytest -m "not slow" -q -n auto --dist loadgroup
 
 test-slow: install
 	$(BIN)/pytest -m slow -q

@@ -29,6 +29,7 @@ TINY_LOOP = [
     "mcts.policy_samples=1",
     "loop.policy_max_tokens=40",
     "mcts.iterations=1",
+    "mcts.rollouts=1",
     "mcts.max_invalid_retries=0",
     "mcts.proposal_max_tokens=40",
     "executor.sampling.max_new_tokens=32",
@@ -46,6 +47,16 @@ def mcts(**overrides) -> MCTSConfig:
     from wfopt.config import MCTSConfig
 
     return OmegaConf.merge(OmegaConf.structured(MCTSConfig), overrides)  # type: ignore[return-value]
+
+
+# under `pytest -n N` (make test) the workers share the cores: each, and every wfopt process it
+# starts, gets its share of torch threads, set before torch is first imported (N pools of all
+# cores would stall each other at every OpenMP barrier)
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1").isdigit():
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if _workers > 1:
+        _share = max(1, len(os.sched_getaffinity(0)) // _workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(_share))
 
 
 def pytest_configure(config):
@@ -119,6 +130,11 @@ def dead_executor() -> list[str]:
         "executor.timeout_s=2",
         "executor.cache=false",
     ]
+
+
+# the tests that use it carry this mark: under `pytest -n N --dist loadgroup` they share one
+# worker, so the run is made once
+RESUMED_LOOP = pytest.mark.xdist_group("resumed_loop")
 
 
 @pytest.fixture(scope="session")
