@@ -141,14 +141,35 @@ RESUMED_LOOP = pytest.mark.xdist_group("resumed_loop")
 def resumed_loop(tmp_path_factory) -> dict:
     """One real TINY_LOOP run (W&B offline), SIGKILLed mid-episode once its first trajectory
     is written, then resumed to the end: the loop tests check the resume, the report tests
-    the figures of the finished run (one run serves both)."""
+    the figures of the finished run (one run serves both). Under `pytest -n N` the workers
+    share it through a file lock in their common temp root: made once, whoever comes first."""
+    import json
+
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # every worker's base temp lives under this one
+    done = shared / "resumed-loop.json"
+    with FileLock(str(done) + ".lock"):
+        if done.is_file():
+            made = json.loads(done.read_text())
+        else:
+            made = _resumed_loop(shared / "resumed-loop")
+            done.write_text(json.dumps(made, default=str))
+    made["run"], made["cache"] = Path(made["run"]), Path(made["cache"])
+    made["searched_before"] = set(made["searched_before"])
+    return made
+
+
+def _resumed_loop(tmp: Path) -> dict:
     import json
     import signal
     import time
 
     from wfopt.loop_state import load_state
 
-    tmp = tmp_path_factory.mktemp("resumed-loop")
+    tmp.mkdir(parents=True)
     run, cache = tmp / "run", tmp / "responses.sqlite"
     args = [*TINY_LOOP, f"executor.cache_path={cache}"]
     env = {**os.environ, "WANDB_MODE": "offline"}
@@ -176,4 +197,9 @@ def resumed_loop(tmp_path_factory) -> dict:
     result = run_cli("loop", *args, f"resume={run}", f"hydra.run.dir={tmp / 'resumed'}", cwd=tmp)
     if result.returncode != 0:
         pytest.fail(f"resumed loop failed:\n{result.stdout}\n{result.stderr}")
-    return {"run": run, "cache": cache, "killed": killed, "searched_before": searched_before}
+    return {
+        "run": run,
+        "cache": cache,
+        "killed": killed,
+        "searched_before": sorted(searched_before),
+    }
