@@ -41,10 +41,10 @@ format: install
 	$(BIN)/ruff format wfopt tests bench
 	$(BIN)/ruff check --fix wfopt tests bench
 
-# one pytest worker per core (conftest gives each its share of torch threads); the tests of
-# the one real loop run share a worker, so that run is made once
+# one pytest worker per core (conftest gives each its share of torch threads, and makes the
+# one real loop run once for all workers)
 test: install lint
-	$(BIN)/pytest -m "not slow" -q -n auto --dist loadgroup
+	$(BIN)/pytest -m "not slow" -q -n auto
 
 test-slow: install
 	$(BIN)/pytest -m slow -q

@@ -132,11 +132,6 @@ def dead_executor() -> list[str]:
     ]
 
 
-# the tests that use it carry this mark: under `pytest -n N --dist loadgroup` they share one
-# worker, so the run is made once
-RESUMED_LOOP = pytest.mark.xdist_group("resumed_loop")
-
-
 @pytest.fixture(scope="session")
 def resumed_loop(tmp_path_factory) -> dict:
     """One real TINY_LOOP run (W&B offline), SIGKILLed mid-episode once its first trajectory

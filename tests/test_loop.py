@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import RESUMED_LOOP
 from conftest import TINY_LOOP as TINY
 
 from wfopt.loop import episode_problems
@@ -33,7 +32,6 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-@RESUMED_LOOP
 def test_loop_killed_mid_episode_resumes_without_loss_or_duplicates(resumed_loop, cli, tmp_path):
     run, killed = resumed_loop["run"], resumed_loop["killed"]
     cache = resumed_loop["cache"]

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import RESUMED_LOOP, run_cli
+from conftest import run_cli
 
 from wfopt.report import ReportError, pareto_front, write_report
 
@@ -79,7 +79,6 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-@RESUMED_LOOP
 def test_loop_report_plots_results_json_and_the_training_curves(resumed_loop):
     # the session's real loop (killed once, resumed, W&B offline): its report also went to
     # the W&B run
@@ -235,7 +234,6 @@ def test_report_cli_names_a_directory_that_is_no_run(cli, tmp_path):
     assert result.returncode != 0 and "not a wfopt run directory" in result.stderr
 
 
-@RESUMED_LOOP
 @pytest.mark.slow
 def test_report_page_renders_in_headless_chromium(resumed_loop, tmp_path):
     """Slow (a browser start): the loop's page loads in Debian's `chromium` without errors and
