@@ -110,6 +110,21 @@ def test_one_prompt_builder_plain_and_chat(tokenizer):
     assert chat.endswith("<|im_start|>assistant\n" + RESPONSE_PREFIX)
 
 
+def test_prompt_ends_where_the_tokenizer_ends_a_token(tokenizer):
+    """The prompt/body boundary is a token boundary of the whole text: the body tokenized
+    alone continues the prompt's ids exactly as the whole workflow tokenized at once does
+    (a prompt ending in the body's indent split `\\n    return` into ids the policy never
+    writes)."""
+    from wfopt.baselines import list_baselines, load_baseline
+
+    for problem, name in zip(PROBLEMS * 5, list_baselines(), strict=False):
+        prompt = build_policy_prompt(problem, tokenizer)
+        code = load_baseline(name)
+        ids, _ = encode_prompt_and_response(prompt, code, tokenizer, add_eos=False)
+        whole = tokenizer(prompt + policy_response(code), add_special_tokens=False)["input_ids"]
+        assert ids == whole, name
+
+
 def test_response_mask_covers_exactly_code_and_eos(tokenizer):
     ds = TrajectoryDataset(trajectories(), tokenizer, max_length=1024)
     assert len(ds) == 8
@@ -120,7 +135,7 @@ def test_response_mask_covers_exactly_code_and_eos(tokenizer):
         first = int(mask.nonzero()[0])
         assert mask[first:].all() and not mask[:first].any()
         body = policy_response(sample["workflow_code"])
-        assert sample["workflow_code"].startswith(RESPONSE_PREFIX + body.split("\n")[0])
+        assert sample["workflow_code"] == RESPONSE_PREFIX + body
         assert tokenizer.decode(ids[mask]) == body + tokenizer.eos_token
         assert int(ids[-1]) == tokenizer.eos_token_id
         prompt = build_policy_prompt(sample["problem"], tokenizer)

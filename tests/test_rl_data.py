@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from wfopt.baselines import load_baseline
 from wfopt.config import MCTSConfig
 from wfopt.datasets import Problem
-from wfopt.execution import Record
+from wfopt.execution import Record, is_valid_policy
 from wfopt.grpo.data import TrajectoryDataset, collate_samples, read_trajectories
 from wfopt.grpo.losses import policy_loss
 from wfopt.grpo.metrics import frac_zero_std_groups
@@ -59,10 +59,6 @@ def test_sampled_ids_are_trained_token_for_token(embedded_llm, tmp_path):
     assert all(s.stopped is False and len(s.completion_ids) == 6 for s in cut)
     # the old path re-tokenized the decoded code and appended EOS: never these ids
     assert all(encode_response(s.code, tokenizer) != s.completion_ids for s in cut)
-    # a completion whose first token carries its own leading space (decoding then
-    # re-tokenizing the trimmed workflow loses it)
-    first_pieces = [tokenizer.convert_ids_to_tokens(s.completion_ids[0]) for s in cut]
-
     rows = [(s.code, s.prompt_ids, s.completion_ids, s.stopped) for s in cut]
     rows.append(("async def solve(problem):\n    return 'yes'\n", *_ids(done)))
     trajectory = Trajectory(
@@ -88,11 +84,19 @@ def test_sampled_ids_are_trained_token_for_token(embedded_llm, tmp_path):
     assert all(dataset.samples[i]["input_ids"][-1] != tokenizer.eos_token_id for i in range(4))
     # sampling and training saw the same prompt ids (one BOS rule)
     assert dataset.samples[0]["input_ids"][: len(cut[0].prompt_ids)].tolist() == cut[0].prompt_ids
-    # the space-prefixed first tokens (e.g. 'Ġreturn'): the old path trained them as the
-    # un-spaced token of the trimmed text
-    spaced = [s for s, piece in zip(cut, first_pieces, strict=True) if piece.startswith("Ġ")]
-    assert spaced, first_pieces
-    assert all(encode_response(s.code, tokenizer)[0] != s.completion_ids[0] for s in spaced)
+
+
+def test_workflows_are_encoded_the_way_the_policy_writes_them(embedded_llm):
+    """A workflow the policy did not write (a seed, a tree edit) is trained as the ids the
+    policy itself would emit for it: the untrained policy's greedy workflow, decoded and
+    encoded again, gives back the ids it sampled, up to where its function ends."""
+    llm = embedded_llm
+    params = SamplingParams(0.0, 1.0, max_new_tokens=24, seed=0)
+    (sample,) = asyncio.run(sample_workflows(llm, PROBLEM, params, 1))
+    assert is_valid_policy(sample.code), sample.code  # a real workflow, not a fragment
+    encoded = encode_response(sample.code, llm.tokenizer, add_eos=False)
+    # the last id differs at most: the code ends on "\n", the policy may have written "\n\n"
+    assert len(encoded) >= 4 and encoded[:-1] == sample.completion_ids[: len(encoded) - 1]
 
 
 def _ids(completion):

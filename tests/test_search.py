@@ -23,7 +23,7 @@ from wfopt.search.mcts import Evaluation, TreeSearch, cost_penalized_reward, fai
 from wfopt.search.output import trajectory_record
 from wfopt.search.selection import aflow_choice, aflow_probabilities, uct_choice, uct_score
 from wfopt.search.tree import Tree
-from wfopt.workflow import parse_workflow
+from wfopt.workflow import InvalidWorkflow, parse_workflow
 
 MATH_BASELINES = ["io", "cot", "cot_sc", "programmer", "self_refine"]
 
@@ -467,26 +467,24 @@ def _problem():
 
 
 def test_policy_completion_round_trip():
-    completion = " x = await generate(problem)\n    return x\n```\nThat is the workflow."
+    completion = "\n    x = await generate(problem)\n    return x\n```\nThat is the workflow."
     workflow = workflow_from_completion(completion)
-    assert workflow == RESPONSE_PREFIX + "x = await generate(problem)\n    return x\n"
+    assert workflow == RESPONSE_PREFIX + "\n    x = await generate(problem)\n    return x\n"
     parse_workflow(workflow)
-    assert policy_response(workflow) == "x = await generate(problem)\n    return x\n"
-    # a leading space token shifts the whole block by one column: shifted back
-    shifted = " x = await generate(problem)\n     if x:\n         return x\n     return ''\n"
-    assert workflow_from_completion(shifted) == (
-        RESPONSE_PREFIX
-        + "x = await generate(problem)\n    if x:\n        return x\n    return ''\n"
+    assert policy_response(workflow) == "\n    x = await generate(problem)\n    return x\n"
+    # the function ends at the first line back at column 0 (the model goes on writing)
+    rambling = "\n    return await generate(problem)\n\ndef generate(problem):\n    pass\n"
+    assert workflow_from_completion(rambling) == (
+        RESPONSE_PREFIX + "\n    return await generate(problem)\n"
     )
-    # lines not all shifted: left as written (the validator then judges them)
-    mixed = " x = await generate(problem)\n    return x\n"
-    assert (
-        workflow_from_completion(mixed)
-        == RESPONSE_PREFIX + "x = await generate(problem)\n    return x\n"
-    )
+    # indents are the model's own: an inconsistent block stays as written (invalid)
+    shifted = "\n     x = await generate(problem)\n    return x\n"
+    assert workflow_from_completion(shifted) == RESPONSE_PREFIX + shifted.rstrip() + "\n"
+    with pytest.raises(InvalidWorkflow):
+        parse_workflow(workflow_from_completion(shifted))
     # another parameter name: re-rendered with the standard header
     assert policy_response("async def solve(q):\n    return await generate(q)") == (
-        "return await generate(problem)\n"
+        "\n    return await generate(problem)\n"
     )
 
 

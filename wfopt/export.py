@@ -83,7 +83,7 @@ def export_policy(source: str | Path, out_dir: str | Path) -> Path:
             "lora_merged": bool(read_summary(checkpoint).get("lora")),
             "chat_template": bool(llm.chat_template),
             "prompt": "wfopt.policy.build_policy_prompt(problem, tokenizer), ending with "
-            f"{RESPONSE_PREFIX!r}; the model writes the workflow body after it",
+            f"{RESPONSE_PREFIX!r}; the model writes the rest of the workflow (newline, indented body)",
         }
         (tmp / "wfopt_export.json").write_text(json.dumps(info, indent=2))
         if out_dir.exists():

@@ -2,10 +2,18 @@
 continues with a workflow, shared by sampling (search proposals, loop evaluation) and GRPO
 training so the two never drift apart.
 
-Every prompt ends with the workflow's fixed first line, `RESPONSE_PREFIX`
-(`async def solve(problem):`, a newline and the body's indent): the policy writes only the body. This costs
+Every prompt ends with the workflow's fixed header, `RESPONSE_PREFIX` (`async def
+solve(problem):`): the policy writes the rest, from the newline and indent on. This costs
 nothing in expressiveness (every workflow starts that way) and spares a small policy from
-having to learn the header before anything else. Two variants of the same prompt, picked by
+having to learn the header before anything else.
+
+The prompt ends at the colon, not after the newline and indent, because that is where the
+tokenizer itself ends a token: SmolLM2 spells `):\n    return` as `):`, `\n   `, ` return`.
+A prompt ending in `\n    ` split that pair; the policy then wrote ` return` (a fifth column
+in its eyes), while workflows it did not write were trained as the un-spaced `return`, a token
+it never emits there. With the boundary at the colon, a body tokenized alone gives the same
+ids as the whole workflow tokenized at once (test), so off-policy training data are written
+the way the policy writes. Two variants of the same prompt, picked by
 whether a tokenizer with a chat template is given:
 
 - plain (`tokenizer=None`, or a tokenizer without a chat template): the seed prompt
@@ -18,10 +26,10 @@ Search expansions use the same builder with a `Parent`: the user text then also 
 workflow to improve, its score and what went wrong (never the gold answer), so proposal and
 training prompts share their system message, problem statement and closing cue.
 
-A training sample is `prompt ids + body ids + [EOS]` where the body is the workflow without
-its first line (`policy_response`): the prompt and the body are tokenized separately and
-concatenated, so the boundary between them is exact and the response mask covers exactly the
-body tokens and the EOS that ends them.
+A training sample is `prompt ids + body ids + [EOS]` where the body is the workflow after its
+header (`policy_response`): the prompt and the body are tokenized separately and concatenated,
+so the boundary between them is exact and the response mask covers exactly the body tokens
+and the EOS that ends them.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from typing import Any
 
 from wfopt.tokens import encode_prompt
 
-RESPONSE_PREFIX = "async def solve(problem):\n    "
+RESPONSE_PREFIX = "async def solve(problem):"
 PROMPT_TEMPLATE = "Generate a workflow to solve this problem:\n{problem}\n\nWorkflow:"
 
 OPERATOR_DOCS = (
@@ -121,23 +129,17 @@ def build_policy_prompt(
 
 
 def workflow_from_completion(text: str) -> str:
-    """The workflow a policy completion (the text after the prompt) spells: the prefix plus the
-    body, cut where the function ends (a line back at column 0, or a closing code fence)."""
-    first, _, rest = text.partition("\n")
-    body = [first.lstrip(" ")]  # the prefix already indents it (tokens often bring a space)
-    for line in rest.splitlines():
+    """The workflow a policy completion (the text after the prompt) spells: the header plus the
+    completion, cut where the function ends (a line back at column 0, or a closing code fence).
+    The policy writes its own newlines and indents; a body at an inconsistent indent stays as
+    written and the validator rejects it."""
+    header_line, *rest = (RESPONSE_PREFIX + text).split("\n")
+    lines = [header_line]
+    for line in rest:
         if line.strip().startswith("```") or (line.strip() and not line[0].isspace()):
             break
-        body.append(line)
-    # A leading space token (" x = 1") puts the first line at 5 columns in the model's eyes,
-    # and it indents the lines after it to match: shift them back by the same amount when
-    # they all have it, so the body is the block the model wrote (measured: most of the
-    # untrained SmolLM2's workflows were otherwise an IndentationError).
-    extra = len(first) - len(body[0])
-    indent = " " * (len(RESPONSE_PREFIX) - len(RESPONSE_PREFIX.rstrip(" ")) + extra)
-    if extra and all(line.startswith(indent) for line in body[1:] if line.strip()):
-        body[1:] = [line[extra:] for line in body[1:]]
-    return (RESPONSE_PREFIX + "\n".join(body)).rstrip() + "\n"
+        lines.append(line)
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def _with_standard_header(code: str) -> str | None:
@@ -166,7 +168,8 @@ def _with_standard_header(code: str) -> str | None:
 
 
 def policy_response(code: str) -> str:
-    """The part of a workflow the policy writes: everything after `RESPONSE_PREFIX`.
+    """The part of a workflow the policy writes: everything after `RESPONSE_PREFIX`, starting
+    with the newline that ends the header.
 
     Code with another header (other parameter name, leading comments) is re-rendered with the
     standard one first; code that does not parse and lacks the prefix is returned whole (it
