@@ -245,6 +245,26 @@ def test_off_policy_rules_in_the_dataset(embedded_llm):
     batch = collate_samples(shaped.samples, tokenizer.eos_token_id)
     assert batch["off_policy"].tolist() == [True, False, False]
     assert batch["source_ids"].tolist() == [3, 0, 0]  # SOURCE_KINDS: seed is index 3
+    # positive: tree workflows above the group mean are trained as if sampled, the others
+    # leave the loss but stay in the baseline. Rewards 1 (seed), 0, 0.5 (sampled), 0 and 0.5
+    # (edits): mean 0.4, unbiased std sqrt(0.175); the edit at 0 is the one left out
+    edits = Trajectory(
+        PROBLEM,
+        "p",
+        [*trajectory.workflow_codes, seed_code.replace("generate", "programmer"), seed_code],
+        [1.0, 0.0, 0.5, 0.0, 0.5],
+        sources=[*trajectory.sources, "edit:swap_operator", "edit:add_review"],
+        prompt_ids=[*trajectory.prompt_ids, None, None],
+        completion_ids=[*trajectory.completion_ids, None, None],
+        stopped=[*trajectory.stopped, None, None],
+    )
+    positive = _dataset([edits], tokenizer, off_policy="positive")
+    assert [s["reward"] for s in positive.samples] == [1.0, 0.0, 0.5, 0.5]
+    assert positive.stats["dropped_off_policy"] == 1
+    std = math.sqrt(0.175) + 1e-4
+    expected = [(r - 0.4) / std for r in (1.0, 0.0, 0.5, 0.5)]
+    assert [s["advantage"] for s in positive.samples] == pytest.approx(expected, rel=1e-6)
+    assert not any(s["off_policy"] for s in positive.samples)  # rho = 1, as if sampled
 
 
 def test_old_trajectory_files_still_train(tmp_path, embedded_llm):

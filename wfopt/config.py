@@ -152,6 +152,7 @@ class OffPolicy(Choice):  # grpo/data.py OFF_POLICY_RULES
     shaped = "shaped"
     drop = "drop"
     as_on_policy = "as_on_policy"
+    positive = "positive"
 
 
 class Select(Choice):
@@ -464,7 +465,9 @@ class GRPOConfig:
         OffPolicy.as_on_policy,
         "workflows the policy did not sample (the tree's seed and edits): shaped = mixed-policy "
         "GRPO's f(p) = p / (p + gamma) per token (LUFFY, Yan et al. 2025) | drop = pure "
-        "on-policy GRPO on the policy's own samples | as_on_policy = rho = 1 (wfopt 0.1)",
+        "on-policy GRPO on the policy's own samples | as_on_policy = rho = 1 (wfopt 0.1) | "
+        "positive = rho = 1 where the advantage is > 0, else out of the loss (kept in the "
+        "group baseline)",
     )
     off_policy_gamma: float = knob(0.1, "gamma of the off-policy shaping (> 0; smaller = sharper)")
     drop_zero_std_groups: bool = knob(

@@ -14,13 +14,19 @@ per workflow:
   - `"shaped"`: mixed-policy GRPO's regularized importance shaping, f(p) =
     p / (p + gamma) per token (formula in `losses.py`);
   - `"drop"`: left out of the loss and of the group baseline (pure on-policy GRPO);
-  - `"as_on_policy"` (default): trained as if the policy had sampled them (rho = 1). On the
-    embedded default it is the rule under which the policy learned to write `programmer`
-    workflows; `shaped` collapsed it (README, "Learning").
+  - `"positive"`: part of the group baseline, trained only where their advantage is > 0 (the
+    rest leave after the advantages are computed, counted in `dropped_off_policy`): the
+    policy imitates the tree's better workflows, and is never pushed down on a sequence it
+    did not write. A worse tree workflow is often the policy's own habit (the seed is its
+    `generate` workflow): pushing it down moved the greedy policy to code outside the group
+    (README, "Learning");
+  - `"as_on_policy"` (the schema default): trained as if the policy had sampled them
+    (rho = 1), whatever the sign of their advantage.
 
 Groups: samples are tokenized first; those too long (`truncation="drop"`) or dropped by the
 off-policy rule leave, and the advantages are computed over what remains, so a group's
-advantages sum to zero (grpo) exactly over the samples that are trained. Groups with fewer
+advantages sum to zero (grpo) exactly over the samples that are trained (except under
+`"positive"`, whose dropped rows stay in the baseline). Groups with fewer
 than two samples left are skipped. Groups whose remaining rewards are all equal carry no
 signal: always counted (`zero_std_groups`), and left out when `drop_zero_std_groups`
 (DAPO's dynamic-sampling filter, without the resampling).
@@ -64,7 +70,7 @@ __all__ = [
     "read_trajectories",
 ]
 
-OFF_POLICY_RULES = ("shaped", "drop", "as_on_policy")
+OFF_POLICY_RULES = ("shaped", "drop", "as_on_policy", "positive")
 
 
 class TrajectoryDataset(torch.utils.data.Dataset):
@@ -140,6 +146,9 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             group_std = 0.0 if zero_std else float(rewards.std())
             self.stats["groups_used"] += 1
             for sample, a in zip(group, adv.tolist(), strict=True):
+                if self.off_policy == "positive" and not sample["sampled"] and a <= 0:
+                    self.stats["dropped_off_policy"] += 1
+                    continue
                 sample.update(group_id=group_id, advantage=float(a), group_reward_std=group_std)
                 self.stats[f"samples_{sample['source']}"] += 1
                 self.samples.append(sample)
@@ -179,6 +188,7 @@ class TrajectoryDataset(torch.utils.data.Dataset):
             "reward": float(traj.rewards[i]),
             "source": source_kind(traj.sources[i]),
             "off_policy": not on_policy and self.off_policy == "shaped",
+            "sampled": on_policy,
             "input_ids": torch.tensor(ids, dtype=torch.long),
             "attention_mask": torch.ones(len(ids), dtype=torch.long),
             "response_mask": torch.tensor(
