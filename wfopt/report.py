@@ -25,6 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from wfopt.loop_state import STATE_FILE
 from wfopt.trajectory import TRAJECTORIES
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 #           "policy_sample", "edit:<kind>", "invalid_sample"); workflow_codes[i].
 #           Dataset scope: tree.json nodes (score) and best_workflow.py.
 SOURCES = {
-    "loop": ("results.json", "state.json"),
+    "loop": ("results.json", STATE_FILE),
     "train": ("metrics.jsonl",),
     "evaluate": ("summary.json", "results.jsonl"),
     "search": (TRAJECTORIES, "tree.json", "best_workflow.py"),
@@ -94,8 +95,8 @@ def _number(value: Any) -> float | None:
 
 def loop_rows(run_dir: Path) -> list[dict[str, Any]]:
     rows = _read_json(run_dir / "results.json") if (run_dir / "results.json").is_file() else None
-    if rows is None and (run_dir / "state.json").is_file():
-        rows = (_read_json(run_dir / "state.json") or {}).get("results")
+    if rows is None and (run_dir / STATE_FILE).is_file():
+        rows = (_read_json(run_dir / STATE_FILE) or {}).get("results")
     return [r for r in rows or [] if isinstance(r, dict) and "accuracy" in r]
 
 
@@ -535,7 +536,7 @@ pre {{ background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em;
 
 
 def run_kind(run_dir: Path) -> str:
-    if (run_dir / "state.json").is_file() or (run_dir / "results.json").is_file():
+    if (run_dir / STATE_FILE).is_file() or (run_dir / "results.json").is_file():
         return "loop"
     if (run_dir / "summary.json").is_file():
         return "evaluate"
