@@ -131,6 +131,29 @@ def test_executor_outage_fails_the_episode_clearly(cli, tmp_path, dead_executor)
     assert not trajectories.exists() or not trajectories.read_text().strip()
 
 
+def test_an_episode_without_signal_keeps_the_policy(cli, tmp_path):
+    """Groups that leave nothing to train (here: trees of the seed alone, singletons) are no
+    update, not a failed run: the episode keeps the policy it started from and is evaluated."""
+    run = tmp_path / "run"
+    result = cli(
+        "loop",
+        *TINY,
+        "loop.episodes=1",
+        "mcts.iterations=0",
+        "mcts.policy_samples=0",
+        "loop.feedback_problems=0",
+        f"executor.cache_path={tmp_path / 'responses.sqlite'}",
+        f"hydra.run.dir={run}",
+    )
+    assert "the policy is unchanged: no trainable samples" in result.stdout + result.stderr
+    state = load_state(run)
+    assert state["episode"] == 1 and state["checkpoint"] is None and state["train_step"] == 0
+    assert not (run / "checkpoints").exists()
+    rows = {(r["split"], r["label"]): r for r in state["results"]}
+    untrained, episode = rows["validation", "untrained policy"], rows["validation", "episode 1"]
+    assert episode["accuracy"] == untrained["accuracy"]  # the same policy, the same workflows
+
+
 @pytest.mark.slow
 def test_loop_trains_each_episode_on_two_processes(cli, tmp_path):
     """hardware.distributed=ddp: search and evaluation in the loop's process, GRPO under

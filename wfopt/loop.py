@@ -250,7 +250,7 @@ class Loop:
     def train(self, episode: int) -> None:
         from wfopt.grpo.data import read_trajectories
         from wfopt.grpo.launch import launch_training
-        from wfopt.grpo.train import TrainingError, train_policy
+        from wfopt.grpo.train import NothingToTrain, TrainingError, train_policy
 
         files = [
             self.run_dir / "episodes" / f"{e:03d}" / TRAJECTORIES
@@ -292,6 +292,15 @@ class Loop:
                 checkpoint_info={"episode": episode, "trajectories": [str(f) for f in files]},
                 first_step=self.state["train_step"],
             )
+        except NothingToTrain as err:  # no signal in this episode's groups: no update
+            log.warning("episode %d: the policy is unchanged: %s", episode, err)
+            self.state["trained"] = {
+                "episode": episode,
+                "checkpoint": self.state["checkpoint"],
+                "train_step": self.state["train_step"],
+            }
+            save_state(self.run_dir, self.state)
+            return
         except TrainingError as err:
             raise LoopError(f"episode {episode}: training failed: {err}") from None
         self.state["trained"] = {

@@ -65,6 +65,12 @@ class TrainingError(ValueError):
     which); `wfopt train` turns it into an exit with that message."""
 
 
+class NothingToTrain(TrainingError):
+    """The trajectories leave no sample to train on (e.g. every group's rewards are equal and
+    `grpo.off_policy=positive` keeps no tree workflow): no signal, so no update. The loop
+    keeps its policy for that episode; `wfopt train` exits with the message."""
+
+
 @dataclass
 class TrainResult:
     """What one `train_policy` call produced."""
@@ -286,7 +292,7 @@ def train_policy(
             g.off_policy,
         )
     if len(dataset) == 0:
-        raise TrainingError(f"no trainable samples ({stats})")
+        raise NothingToTrain(f"no trainable samples ({stats})")
 
     model, ref_model, autocast = build_policy(cfg, device, checkpoint)
     trainer = GRPOTrainer(
