@@ -13,8 +13,9 @@ A prompt ending in `\n    ` split that pair; the policy then wrote ` return` (a 
 in its eyes), while workflows it did not write were trained as the un-spaced `return`, a token
 it never emits there. With the boundary at the colon, a body tokenized alone gives the same
 ids as the whole workflow tokenized at once (test), so off-policy training data are written
-the way the policy writes. Two variants of the same prompt, picked by
-whether a tokenizer with a chat template is given:
+the way the policy writes.
+
+Two variants of the same prompt, picked by whether a tokenizer with a chat template is given:
 
 - plain (`tokenizer=None`, or a tokenizer without a chat template): the seed prompt
   `"Generate a workflow to solve this problem:\n{problem}\n\nWorkflow:\n"` then the prefix;
