@@ -65,6 +65,9 @@ def test_loop_killed_mid_episode_resumes_without_loss_or_duplicates(resumed_loop
     mine = state["scores"][f"test/episode {selected} (selected)"]
     assert final["vs_best_baseline"]["diff"] == pytest.approx((sum(mine) - sum(io)) / 3)
     assert final["vs_untrained"]["diff"] == pytest.approx((sum(mine) - sum(untrained)) / 3)
+    # one optimizer step an episode (grpo.max_steps=1), the second at grpo.lr * loop.lr_decay
+    lrs = [r["train/lr"] for r in _lines(run / "metrics.jsonl") if "train/lr" in r]
+    assert lrs == pytest.approx([1e-5, 0.5e-5])
     # every episode's checkpoint is kept; the next episode would build on the best on validation
     assert all(Path(c).is_dir() for c in state["checkpoints"].values())
     assert state["checkpoint"] == build_on(state["results"], state["checkpoints"], "best_val")
@@ -131,13 +134,25 @@ def test_executor_outage_fails_the_episode_clearly(cli, tmp_path, dead_executor)
     assert not trajectories.exists() or not trajectories.read_text().strip()
 
 
-def test_an_episode_without_signal_keeps_the_policy(cli, tmp_path):
+@pytest.mark.parametrize(
+    "processes",
+    [
+        ["hardware.distributed=no"],
+        pytest.param(
+            ["hardware.distributed=ddp", "hardware.num_processes=2"], marks=pytest.mark.slow
+        ),
+    ],
+    ids=["in-process", "ddp"],
+)
+def test_an_episode_without_signal_keeps_the_policy(cli, tmp_path, processes):
     """Groups that leave nothing to train (here: trees of the seed alone, singletons) are no
-    update, not a failed run: the episode keeps the policy it started from and is evaluated."""
+    update, not a failed run: the episode keeps the policy it started from and is evaluated,
+    whether it trains in the loop's process or under `accelerate launch`."""
     run = tmp_path / "run"
     result = cli(
         "loop",
         *TINY,
+        *processes,
         "loop.episodes=1",
         "mcts.iterations=0",
         "mcts.policy_samples=0",

@@ -8,9 +8,9 @@ then:
    `mcts.policy_samples` workflows per problem from the training prompt as the root's first
    children (its invalid ones join the group at `mcts.invalid_reward`, -1 by default): the
    feedback loop;
-2. train: GRPO on this episode's trajectories (plus `loop.replay_episodes` earlier ones),
-   continuing from the previous episode's weights and optimizer state, or (`loop.build_on`
-   = best_val) from the best policy on validation so far;
+2. train: GRPO on this episode's trajectories (plus `loop.replay_episodes` earlier ones) at
+   `grpo.lr * loop.lr_decay**e`, continuing from the previous episode's weights and optimizer
+   state, or (`loop.build_on` = best_val) from the best policy on validation so far;
 3. evaluate: the new policy writes a workflow for each *validation* problem (written again
    when invalid, `loop.eval_invalid_retries` times at most); valid rate,
    accuracy, cost and operator use are logged as `eval/*` (the learning curve);
@@ -81,6 +81,13 @@ from wfopt.loop_table import print_feedback, print_results
 from wfopt.trajectory import TRAJECTORIES
 
 log = logging.getLogger(__name__)
+
+
+def episode_config(cfg: DictConfig, episode: int) -> DictConfig:
+    """`cfg` for training episode `episode` (from 0): `grpo.lr` times `loop.lr_decay**episode`."""
+    if cfg.loop.lr_decay == 1:
+        return cfg
+    return OmegaConf.merge(cfg, {"grpo": {"lr": cfg.grpo.lr * cfg.loop.lr_decay**episode}})
 
 
 def episode_problems(problems: list[Any], seed: int, start: int, count: int) -> list[Any]:
@@ -257,17 +264,18 @@ class Loop:
             for e in range(max(0, episode - self.cfg.loop.replay_episodes), episode + 1)
         ]
         files = [f for f in files if f.is_file()]
-        hw = self.cfg.hardware
-        if hw.distributed != "no":
-            log.info(
-                "episode %d: training on %d processes (%s)",
-                episode,
-                hw.num_processes,
-                hw.distributed,
-            )
-            try:
+        cfg = episode_config(self.cfg, episode)
+        hw = cfg.hardware
+        try:
+            if hw.distributed != "no":
+                log.info(
+                    "episode %d: training on %d processes (%s)",
+                    episode,
+                    hw.num_processes,
+                    hw.distributed,
+                )
                 trained = launch_training(
-                    self.cfg,
+                    cfg,
                     files,
                     self.run_dir / "episodes" / f"{episode:03d}" / "train",
                     init_checkpoint=self.state["checkpoint"],
@@ -275,39 +283,30 @@ class Loop:
                     checkpoint_info={"episode": episode},
                     tracker=self.tracker,
                 )
-            except TrainingError as err:
-                raise LoopError(f"episode {episode}: {err}") from None
-            self.state["trained"] = {"episode": episode, **trained}
-            save_state(self.run_dir, self.state)
-            return
-        trajectories = [t for f in files for t in read_trajectories(f)]
-        try:
-            result = train_policy(
-                self.cfg,
-                trajectories,
-                self.run_dir,
-                init_checkpoint=self.state["checkpoint"],
-                tracker=self.tracker,
-                show_progress=self.cfg.show_progress,
-                checkpoint_info={"episode": episode, "trajectories": [str(f) for f in files]},
-                first_step=self.state["train_step"],
-            )
+            else:
+                result = train_policy(
+                    cfg,
+                    [t for f in files for t in read_trajectories(f)],
+                    self.run_dir,
+                    init_checkpoint=self.state["checkpoint"],
+                    tracker=self.tracker,
+                    show_progress=cfg.show_progress,
+                    checkpoint_info={
+                        "episode": episode,
+                        "trajectories": [str(f) for f in files],
+                    },
+                    first_step=self.state["train_step"],
+                )
+                trained = {"checkpoint": str(result.checkpoint), "train_step": result.step}
         except NothingToTrain as err:  # no signal in this episode's groups: no update
             log.warning("episode %d: the policy is unchanged: %s", episode, err)
-            self.state["trained"] = {
-                "episode": episode,
+            trained = {
                 "checkpoint": self.state["checkpoint"],
                 "train_step": self.state["train_step"],
             }
-            save_state(self.run_dir, self.state)
-            return
         except TrainingError as err:
             raise LoopError(f"episode {episode}: training failed: {err}") from None
-        self.state["trained"] = {
-            "episode": episode,
-            "checkpoint": str(result.checkpoint),
-            "train_step": result.step,
-        }
+        self.state["trained"] = {"episode": episode, **trained}
         save_state(self.run_dir, self.state)
 
     # -- the whole run -----------------------------------------------------------------------

@@ -4,7 +4,9 @@
 `hardware.distributed` is set: `launch_training` writes a job file (the resolved config, the
 trajectory files, the checkpoint to continue from, where to write), launches this module on
 every process and forwards the job's per-step metrics to the loop's tracker. Each process runs
-`main`, that is `train_policy`; the main process writes `result.json` next to the job file.
+`main`, that is `train_policy`; the main process writes `result.json` next to the job file
+(or, when the trajectories leave nothing to train, the reason, raised again in the loop's
+process as `NothingToTrain`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from wfopt.config import TrainConfig, config_dir
 from wfopt.grpo.data import read_trajectories
-from wfopt.grpo.train import TrainingError, train_policy
+from wfopt.grpo.train import NothingToTrain, TrainingError, train_policy
 from wfopt.runtime import setup_runtime, threads_per_process
 
 if TYPE_CHECKING:
@@ -50,7 +52,8 @@ def launch_training(
     """Train under `accelerate launch` (`hardware.distributed`, `hardware.num_processes`) in
     `train_dir`; its per-step metrics are forwarded to `tracker`. Returns the new checkpoint
     and the global train step after it (`{"checkpoint", "train_step"}`); raises
-    `TrainingError` when the job fails (its output is in `train_dir/train.log`)."""
+    `NothingToTrain` as `train_policy` does, and `TrainingError` when the job fails (its
+    output is in `train_dir/train.log`)."""
     hw = cfg.hardware
     train_dir.mkdir(parents=True, exist_ok=True)
     (train_dir / "result.json").unlink(missing_ok=True)
@@ -90,13 +93,15 @@ def launch_training(
             f"distributed training failed (exit code {done.returncode}); "
             f"see {train_dir / 'train.log'}"
         )
+    result = json.loads((train_dir / "result.json").read_text())
+    if "nothing_to_train" in result:
+        raise NothingToTrain(result["nothing_to_train"])
     for line in (train_dir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
         if "step" in record:
             step = record.pop("step")
             record.pop("time", None)
             tracker.log(record, step=step)
-    result = json.loads((train_dir / "result.json").read_text())
     return {"checkpoint": result["checkpoint"], "train_step": result["step"]}
 
 
@@ -108,22 +113,26 @@ def main(argv: list[str]) -> None:
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), job["config"])
     setup_runtime(cfg)
     trajectories = [t for f in job["trajectories"] for t in read_trajectories(f)]
-    result = train_policy(
-        cfg,
-        trajectories,
-        job["run_dir"],
-        init_checkpoint=job.get("init_checkpoint"),
-        show_progress=False,
-        checkpoint_info=job.get("checkpoint_info"),
-        first_step=int(job.get("first_step", 0)),
-    )
-    if int(os.environ.get("RANK", "0")) == 0:
+    try:
+        result = train_policy(
+            cfg,
+            trajectories,
+            job["run_dir"],
+            init_checkpoint=job.get("init_checkpoint"),
+            show_progress=False,
+            checkpoint_info=job.get("checkpoint_info"),
+            first_step=int(job.get("first_step", 0)),
+        )
+    except NothingToTrain as err:  # every process reads the same data: all of them end here
+        out: dict[str, Any] = {"nothing_to_train": str(err)}
+    else:
         out = {
             "checkpoint": str(result.checkpoint),
             "step": result.step,
             "metrics": result.metrics,
             "dataset_stats": result.dataset_stats,
         }
+    if int(os.environ.get("RANK", "0")) == 0:
         tmp = job_file.with_name(".result.json.tmp")
         tmp.write_text(json.dumps(out, default=str))
         os.replace(tmp, job_file.with_name("result.json"))
