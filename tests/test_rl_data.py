@@ -33,7 +33,7 @@ from wfopt.policy import (
 )
 from wfopt.search.mcts import Evaluation, PolicyProposer, TreeSearch
 from wfopt.search.output import trajectory_record
-from wfopt.trajectory import Trajectory
+from wfopt.trajectory import Trajectory, in_problem_order
 
 PROBLEM = "What is 12 + 7?"
 
@@ -265,6 +265,23 @@ def test_off_policy_rules_in_the_dataset(embedded_llm):
     expected = [(r - 0.4) / std for r in (1.0, 0.0, 0.5, 0.5)]
     assert [s["advantage"] for s in positive.samples] == pytest.approx(expected, rel=1e-6)
     assert not any(s["off_policy"] for s in positive.samples)  # rho = 1, as if sampled
+
+
+def test_training_order_depends_on_the_groups_not_on_when_their_trees_finished():
+    """The search writes groups as trees finish; every permutation of them trains in one
+    order (by problem id), and two groups of one problem keep theirs."""
+    groups = [
+        Trajectory(PROBLEM, pid, ["async def solve(problem):\n    return 1\n"], [float(i)])
+        for i, pid in enumerate(["arithmetic-77", "arithmetic-329", 5, "arithmetic-23", 5])
+    ]
+    expected = ["5", "5", "arithmetic-23", "arithmetic-329", "arithmetic-77"]
+    rng = random.Random(0)
+    for _ in range(20):
+        shuffled = rng.sample(groups, len(groups))
+        same_problem = [g.rewards[0] for g in shuffled if g.problem_id == 5]
+        ordered = [(str(g.problem_id), g.rewards[0]) for g in in_problem_order(shuffled)]
+        assert [k for k, _ in ordered] == expected
+        assert [r for k, r in ordered if k == "5"] == same_problem  # stable
 
 
 def test_old_trajectory_files_still_train(tmp_path, embedded_llm):

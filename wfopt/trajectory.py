@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,3 +169,10 @@ def read_trajectories(path: str | Path) -> list[Trajectory]:
     if not trajectories:
         raise TrajectoryError(f"{path}: no trajectories (empty file)")
     return trajectories
+
+
+def in_problem_order(trajectories: Iterable[Trajectory]) -> list[Trajectory]:
+    """The groups sorted by problem id (stable: one problem's groups keep their order). A
+    search writes each group when its tree finishes, so a file's order depends on timing;
+    training batches in this order instead, so a run's data alone decides its updates."""
+    return sorted(trajectories, key=lambda t: str(t.problem_id))

@@ -52,7 +52,7 @@ from wfopt.grpo.checkpoint import (
 from wfopt.grpo.data import Trajectory, TrajectoryDataset
 from wfopt.grpo.model import base_model
 from wfopt.grpo.trainer import GRPOTrainer
-from wfopt.trajectory import SOURCE_KINDS
+from wfopt.trajectory import SOURCE_KINDS, in_problem_order
 
 if TYPE_CHECKING:
     from wfopt.tracking import Tracker
@@ -262,7 +262,7 @@ def train_policy(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     dataset = TrajectoryDataset(
-        trajectories,
+        in_problem_order(trajectories),
         tokenizer,
         g.max_length,
         max_response_length=g.max_response_length,
