@@ -28,7 +28,10 @@ from wfopt.loop_table import print_feedback, print_results
 
 OVERRIDES = [  # on top of conf/loop.yaml (make run's setting: edit_share, GRPO one epoch)
     "loop.episodes=3",
-    "loop.problems_per_episode=8",
+    # 16 problems an episode, batches of 16 samples (the same steps per episode as 8 problems
+    # in batches of 8): each step's gradient averages twice the problems
+    "loop.problems_per_episode=16",
+    "grpo.grad_accum_steps=4",
     "loop.val_problems=40",
     "loop.test_problems=200",
     "dataset.num_problems=1000",  # a test split of 200: bench_baselines' problems

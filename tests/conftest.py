@@ -27,6 +27,7 @@ TINY_LOOP = [
     "loop.baselines=[io]",
     "loop.feedback_problems=1",
     "loop.build_on=best_val",  # the next episode may go back to an earlier policy
+    "loop.lr_decay=0.5",  # episode 2 trains at half of grpo.lr
     "mcts.policy_samples=1",
     "loop.policy_max_tokens=40",
     "mcts.iterations=1",

@@ -18,6 +18,7 @@ def test_plan_counts_by_hand():
                 "eval_samples": 2,
                 "eval_invalid_retries": 1,
                 "baselines": ["io"],
+                "lr_decay": 0.5,
             },
             "mcts": {
                 "policy_samples": 4,
@@ -26,7 +27,7 @@ def test_plan_counts_by_hand():
                 "rollouts": 2,
                 "max_operator_calls": 20,
             },
-            "grpo": {"max_steps": None},
+            "grpo": {"max_steps": None, "lr": 1e-5},
             "dataset": {"name": "arithmetic"},
             "model": {"name": "m", "path": "p", "lora": {"enabled": False}},
             "executor": {"backend": "same_as_policy", "base_url": None},
@@ -46,6 +47,7 @@ def test_plan_counts_by_hand():
     # (written again once at most when invalid)
     assert rows["policy samples, held-out evaluations (max)"] == (4 * 10 + 2 * 20) * 2 * 2
     assert rows["feedback search (after the test)"] == "-"
+    assert rows["GRPO lr per episode"] == "1e-05, 5e-06, 2.5e-06"  # grpo.lr * lr_decay**e
     cfg.mcts.edit_share, cfg.loop.feedback_problems = 1.0, 8  # no expansion asks the policy
     rows = plan(cfg)
     assert rows["policy samples, search (max)"] == 15 * 4

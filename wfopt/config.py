@@ -614,6 +614,11 @@ class LoopSettings:
         600.0, "held-out runs: seconds per workflow run (queue time not counted)"
     )
     replay_episodes: int = knob(0, "also train on the trajectories of this many previous episodes")
+    lr_decay: float = knob(
+        1.0,
+        "episode e (from 0) trains at grpo.lr * lr_decay**e: later episodes, whose policy "
+        "already writes the workflows it learned, take smaller steps on their few problems",
+    )
     feedback_problems: int = knob(
         0,
         "after the test: search this many train problems no episode searched twice, with the "

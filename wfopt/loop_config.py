@@ -44,6 +44,8 @@ def check_loop_config(cfg: DictConfig) -> None:
         for k in ("replay_episodes", "feedback_problems")
         if lp[k] < 0
     ]
+    if not 0 < lp.lr_decay <= 1:
+        problems.append(f"loop.lr_decay={lp.lr_decay} (must be in (0, 1])")
     if problems:
         raise LoopError("invalid loop config: " + "; ".join(problems))
     check_mcts_config(cfg.mcts)

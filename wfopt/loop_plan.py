@@ -36,6 +36,9 @@ def plan(
         "policy samples, search (max)": problems * per_tree_proposals,
         "policy samples, held-out evaluations (max)": evals,
         "GRPO steps per episode": cfg.grpo.max_steps if cfg.grpo.max_steps else "all samples",
+        "GRPO lr per episode": ", ".join(
+            f"{cfg.grpo.lr * lp.get('lr_decay', 1.0) ** e:.3g}" for e in range(lp.episodes)
+        ),
         "feedback search (after the test)": (
             f"{feedback} unseen train problems x 2 policies"
             if (feedback := lp.get("feedback_problems", 0))
