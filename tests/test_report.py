@@ -258,3 +258,16 @@ def test_report_page_renders_in_headless_chromium(resumed_loop, tmp_path):
         assert image.size == (1280, 2400)
         colors = image.convert("RGB").getcolors(maxcolors=1_000_000) or []
     assert len(colors) > 50  # figures drawn: far more than a blank page's few colors
+
+
+def test_search_data_finds_the_seed_of_a_policy_rooted_tree(tmp_path):
+    from wfopt.report import search_data
+
+    lines = [  # seed-rooted; policy-rooted with the seed a child; the policy wrote the seed
+        {"problem_id": "a", "rewards": [0.5, 1.0], "sources": ["seed", "edit:add_review"]},
+        {"problem_id": "b", "rewards": [1.0, 0.0], "sources": ["policy_sample", "seed"]},
+        {"problem_id": "c", "rewards": [0.5, 0.0], "sources": ["policy_sample", "edit:x"]},
+    ]
+    (tmp_path / "trajectories.jsonl").write_text("".join(json.dumps(t) + "\n" for t in lines))
+    seeds = {p["problem_id"]: p["seed"] for p in search_data(tmp_path)["problems"]}
+    assert seeds == {"a": 0.5, "b": 0.0, "c": 0.5}

@@ -405,6 +405,76 @@ def test_valid_policy_proposals_become_children_with_their_origin():
     assert search.stats.policy_children == 1
 
 
+PROGRAMMER = "async def solve(problem):\n    return await programmer(problem)"
+
+
+def test_policy_root_grows_the_tree_from_the_policys_first_valid_workflow():
+    # sample 0 invalid, sample 1 the root, sample 2 the seed reformatted (a duplicate)
+    samples = [
+        "def solve(problem): return 4",
+        PROGRAMMER,
+        "async def solve(q):\n    return await generate(q)",
+    ]
+    evaluator = CountingEvaluator(hash_score)
+    search = grow(
+        ScriptedPolicy(samples), evaluator, policy_samples=3, iterations=4, max_children=8,
+        edit_share=1.0, edit_first=["swap_operator", "add_ensemble"], policy_root=True,
+        early_stop_perfect=False,
+    )  # fmt: skip
+    root, nodes = search.tree.root, search.tree.nodes
+    assert (root.origin, root.source, root.parent) == ("policy_sample", PROGRAMMER, None)
+    assert (nodes[1].origin, nodes[1].parent) == ("seed", 0) and search.tree.seed is nodes[1]
+    assert nodes[1].hash == parse_workflow(load_baseline("io")).hash
+    # the edits refine the policy's workflow: swap_operator's one new variant (`generate` is
+    # the seed already), then the vote over programs
+    edits = nodes[2:]
+    assert len(edits) == 3 and all(n.parent == 0 for n in edits)
+    assert [n.origin for n in edits[:2]] == ["edit:swap_operator", "edit:add_ensemble"]
+    assert "answer_generate(problem)" in edits[0].source
+    variants = [v for k in EDIT_KINDS for v in edit_variants(PROGRAMMER, k)]
+    assert all(n.source in variants for n in edits)
+    assert edits[1].source.count("programmer(problem)") == 1 and "range(3)" in edits[1].source
+    assert len(evaluator.hashes) == len(set(evaluator.hashes)) == len(nodes) == 5
+    assert (search.stats.invalid, search.stats.duplicates, search.stats.proposals) == (1, 1, 3)
+    assert [e.origin for e in search.extra_samples] == [
+        "policy_sample:invalid",
+        "policy_sample:duplicate",
+    ]
+    assert search.extra_samples[1].node == 1  # the reformatted seed shares the seed's reward
+    record = trajectory_record(_problem(), search, "arithmetic", "train", keep_invalid=False)
+    assert record["sources"][:2] == ["policy_sample", "seed"] and len(record["rewards"]) == 6
+
+
+def test_policy_root_of_a_policy_that_writes_the_seed_is_the_seed_tree():
+    same = "async def solve(problem):\n    return await generate(problem)"
+    trees = {}
+    for policy_root in (False, True):
+        search = grow(
+            ScriptedPolicy([same]), CountingEvaluator(hash_score), policy_samples=2,
+            iterations=5, max_children=3, policy_root=policy_root, early_stop_perfect=False,
+        )  # fmt: skip
+        trees[policy_root] = search
+    seeded, rooted = tree_signature(trees[False]), tree_signature(trees[True])
+    assert rooted["nodes"][0][2] == "policy_sample" and seeded["nodes"][0][2] == "seed"
+    for row in (seeded["nodes"][0], rooted["nodes"][0]):
+        row[2] = "root"
+    assert rooted["nodes"] == seeded["nodes"] and len(rooted["nodes"]) == 6
+    assert trees[True].tree.seed is trees[True].tree.root
+    # seed-rooted: both samples repeat the root; policy-rooted: the second repeats the first
+    firsts = {k: [e.origin for e in t.extra_samples if e.origin.startswith("policy_sample")]
+              for k, t in trees.items()}  # fmt: skip
+    assert firsts == {False: ["policy_sample:duplicate"] * 2, True: ["policy_sample:duplicate"]}
+
+
+def test_policy_root_without_a_valid_sample_roots_at_the_seed():
+    garbage = ["def solve(problem): return 4", "print('hi')"]
+    search = grow(ScriptedPolicy(garbage), CountingEvaluator(), iterations=2, policy_samples=2,
+                  policy_root=True)  # fmt: skip
+    assert search.tree.root.origin == "seed" and len(search.tree) == 3
+    firsts = [e.origin for e in search.extra_samples if e.origin.startswith("policy_sample")]
+    assert firsts == ["policy_sample:invalid"] * 2
+
+
 def test_early_stop_once_a_workflow_is_perfect():
     perfect = CountingEvaluator(lambda wf: 1.0)
     assert len(grow(None, perfect, iterations=6, parallel_expansions=1).tree) == 2

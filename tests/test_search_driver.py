@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import mcts
 
@@ -16,3 +18,11 @@ def test_check_mcts_config_names_each_bad_key():
     message = str(error.value)
     assert "swap_operators" in message and "edit_share=1.5" in message
     assert "mcts.rollouts=0 (must be >= 1)" in message
+
+
+def test_policy_root_needs_policy_samples_to_root_at():
+    check_mcts_config(mcts(policy_root=True, policy_samples=2))
+    with pytest.raises(SearchError, match=re.escape("mcts.policy_samples >= 1 (is 0)")):
+        check_mcts_config(mcts(policy_root=True, policy_samples=0))
+    with pytest.raises(SearchError, match=re.escape("mcts.proposer=policy (is edits)")):
+        check_mcts_config(mcts(policy_root=True, policy_samples=2, proposer="edits"))

@@ -354,7 +354,7 @@ class MCTSConfig:
         0.3, "AFlow: uniform share λ of P(i) = λ/n + (1-λ) softmax(α·100·s) (selection=aflow)"
     )
     aflow_alpha: float = knob(0.2, "AFlow: softmax sharpness α (selection=aflow)")
-    iterations: int = knob(8, "children evaluated per tree (the seed not counted)")
+    iterations: int = knob(8, "children evaluated per tree (the root not counted)")
     max_children: int = knob(4, "children per node before selection descends past it")
     rollouts: int = knob(2, "runs per evaluation (the executor samples); reward = mean score")
     seed_workflow: str = knob(
@@ -380,6 +380,12 @@ class MCTSConfig:
         160, "the policy's generation budget for a workflow body (proposals)"
     )
     policy_samples: int = knob(0, "workflows sampled from the policy's training prompt per tree")
+    policy_root: bool = knob(
+        False,
+        "the tree grows from the policy's own workflow (its first valid sample) instead of "
+        "the seed, which becomes a child of it: edits then refine what the policy writes now; "
+        "the seed stays the root when no sample is valid (needs policy_samples >= 1)",
+    )
     keep_invalid_samples: bool = knob(True, "invalid policy samples join the group ...")
     invalid_reward: float = knob(
         -1.0,

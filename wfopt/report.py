@@ -180,6 +180,8 @@ def search_data(run_dir: Path) -> dict[str, Any]:
         if not rewards or None in rewards:
             continue
         seed = rewards[sources.index("seed")] if "seed" in sources else None
+        if seed is None and sources[0] == "policy_sample":  # mcts.policy_root: the policy
+            seed = rewards[0]  # wrote the seed, so its workflow is the root (row 0)
         problems.append(
             {"problem_id": str(t.get("problem_id")), "seed": seed, "best": max(rewards)}
         )

@@ -48,6 +48,12 @@ def check_mcts_config(m: Any) -> None:
     for key in ("aflow_lambda", "edit_share"):
         if not 0 <= m[key] <= 1:
             problems.append(f"mcts.{key}={m[key]} (must be in [0, 1])")
+    if m.policy_root and (m.policy_samples < 1 or m.proposer != "policy"):
+        problems.append(
+            "mcts.policy_root=true roots trees at the policy's own sample: it needs "
+            f"mcts.policy_samples >= 1 (is {m.policy_samples}) and mcts.proposer=policy "
+            f"(is {m.proposer})"
+        )
     unknown = [k for k in m.edit_first if k not in EDIT_KINDS]
     if unknown:
         problems.append(
@@ -157,7 +163,7 @@ async def search_problems(
             tracker.log(
                 {
                     "search/tree_best_reward": best.reward,
-                    "search/tree_seed_score": search.tree.root.score,
+                    "search/tree_seed_score": search.tree.seed.score,
                     "search/tree_size": len(search.tree),
                     "search/tree_rewards": [n.reward for n in search.tree.nodes],
                 },

@@ -29,6 +29,8 @@ flight. A child enters `tree.by_hash` the moment it is proposed, before its eval
 starts, so a parallel proposal of the same workflow is a duplicate. The budget counts
 evaluations in flight, so exactly `mcts.iterations` children are evaluated; on early stop the
 ones running finish. With k > 1 the policy's samples are drawn while the root is evaluated.
+`mcts.policy_root` roots the tree at the policy's own workflow instead of the seed (which
+becomes a child): the search then refines what the policy writes now.
 Proposals are accepted, and results backed up, in launch order (a finished evaluation waits
 for the ones launched before it), so the tree does not depend on timing: the response cache
 reproduces it. k = 1 is the sequential search, tree for tree
@@ -240,8 +242,11 @@ class TreeSearch:
 
     async def run(self, seed_source: str, policy_samples: int = 0) -> Tree:
         seed = parse_workflow(seed_source)
-        root = self.tree.add(seed.hash, seed.source, None, "seed")
-        children = await self._start(root, seed, policy_samples)
+        if self.cfg.policy_root and policy_samples and self.proposer is not None:
+            children = await self._start_from_policy(seed, policy_samples)
+        else:
+            root = self.tree.add(seed.hash, seed.source, None, "seed")
+            children = await self._start(root, seed, policy_samples)
         await self._grow(children)
         return self.tree
 
@@ -477,16 +482,48 @@ class TreeSearch:
         """The policy's own workflows for the task (training prompt), sampled together, as the
         root's first children (still to be evaluated): the loop's feedback from policy to
         search."""
+        return self._add_samples(root, await self._policy_samples(k))
+
+    async def _start_from_policy(self, seed: Workflow, k: int) -> list[tuple[Node, Workflow]]:
+        """`mcts.policy_root`: the root is the policy's first valid sample, evaluated; the seed
+        and the other samples are its first children (still to be evaluated). The seed is the
+        root when no sample is valid. A policy that writes the seed grows the seed's tree."""
+        samples = await self._policy_samples(k)
+        for i, sample in enumerate(samples):
+            try:
+                workflow = parse_policy_workflow(sample.code)
+            except InvalidWorkflow:
+                continue  # counted with the rest below
+            root = self._add_sample_node(workflow, sample, None, "policy_sample")
+            self.stats.policy_children += 1
+            await self._evaluate(root, workflow)
+            children = []
+            if seed.hash not in self.tree.by_hash:
+                children.append((self.tree.add(seed.hash, seed.source, root, "seed"), seed))
+            return children + self._add_samples(root, samples[:i] + samples[i + 1 :])
+        root = self.tree.add(seed.hash, seed.source, None, "seed")
+        await self._evaluate(root, seed)
+        return self._add_samples(root, samples)
+
+    async def _policy_samples(self, k: int) -> list[PolicySample]:
+        """`k` workflows from the policy's training prompt, sampled together (they batch)."""
         assert self.proposer is not None
         samples = await asyncio.gather(
             *(self.proposer.sample(self.task, None, i) for i in range(k))
         )
         self.stats.proposals += k
+        return list(samples)
+
+    def _add_samples(
+        self, parent: Node, samples: list[PolicySample]
+    ) -> list[tuple[Node, Workflow]]:
+        """The valid samples new to the tree as children of `parent`; the others are kept as
+        `ExtraSample`s."""
         children = []
         for sample in samples:
             workflow = self._accept(sample, "policy_sample")
             if workflow is not None:
-                node = self._add_sample_node(workflow, sample, root, "policy_sample")
+                node = self._add_sample_node(workflow, sample, parent, "policy_sample")
                 children.append((node, workflow))
         self.stats.policy_children += len(children)
         return children

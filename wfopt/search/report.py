@@ -60,10 +60,10 @@ class SearchReport:
         best = tree.best()
         self.best_rewards.append(best.reward)
         self.best_scores.append(best.score)
-        self.seed_scores.append(tree.root.score)
+        self.seed_scores.append(tree.seed.score)
         self.tree_sizes.append(len(tree))
         self.per_problem.append(
-            (str(search.task_id), tree.root.score, best.score, best.reward, len(tree), best.origin)
+            (str(search.task_id), tree.seed.score, best.score, best.reward, len(tree), best.origin)
         )
         self.stats.add(search.stats)
         solving = (i + 1 for i, node in enumerate(tree.nodes) if node.score >= 1.0)

@@ -195,12 +195,12 @@ def _run_dataset_scope(
     write_atomic(run_dir / "tree.json", json.dumps(tree.to_json(), indent=1))
     n = len(problems)
     low, high = wilson_interval(best.score * n, n)
-    seed_low, seed_high = wilson_interval(tree.root.score * n, n)
+    seed_low, seed_high = wilson_interval(tree.seed.score * n, n)
     metrics = {
         "search/best_val_accuracy": best.score,
         "search/best_val_accuracy_ci_low": low,
         "search/best_val_accuracy_ci_high": high,
-        "search/seed_val_accuracy": tree.root.score,
+        "search/seed_val_accuracy": tree.seed.score,
         "search/unique_workflows": len(tree),
         "search/evaluations": search.stats.evaluations,
         "search/proposals": search.stats.proposals,
@@ -222,7 +222,7 @@ def _run_dataset_scope(
 
     Console().print(
         f"[bold]best workflow[/] (node {best.id}, {best.origin}): validation accuracy "
-        f"{best.score:.3f} [{low:.3f}, {high:.3f}] vs seed {tree.root.score:.3f} "
+        f"{best.score:.3f} [{low:.3f}, {high:.3f}] vs seed {tree.seed.score:.3f} "
         f"[{seed_low:.3f}, {seed_high:.3f}] on {n} problems; {len(tree)} workflows, {wall:.0f}s"
         + (
             f", mean executor batch {metrics['search/executor_batch_mean']:.1f} rows"

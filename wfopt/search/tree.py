@@ -60,6 +60,12 @@ class Tree:
     def root(self) -> Node:
         return self.nodes[0]
 
+    @property
+    def seed(self) -> Node:
+        """The seed workflow's node: the root, or (`mcts.policy_root`) a child of the
+        policy's workflow; a policy that wrote the seed itself made it the root."""
+        return next((n for n in self.nodes if n.origin == "seed"), self.root)
+
     def add(self, workflow_hash: str, source: str, parent: Node | None, origin: str) -> Node:
         if workflow_hash in self.by_hash:
             raise ValueError(f"workflow {workflow_hash} is already in the tree")
