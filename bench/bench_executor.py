@@ -11,6 +11,9 @@
    step), p50/p95 latency and queue wait per call, and new/old runs/min (median of per-repeat
    ratios). Sampling is batch-independent, so both schedulers generate the same tokens: the
    comparison is of scheduling alone (checked: their answers are counted as equal or not).
+   **2b. A stream**: STREAM_RUNS runs of `self_refine`, RUNS at a time (a run starts when
+   one ends), the shape of `wfopt evaluate` (`concurrency` problems at once): runs no longer
+   start together, so their calls arrive while others decode.
 3. **Ceiling**: tokens/s of one batch of CEILING_ROWS rows decoding CEILING_TOKENS tokens
    each (stop tokens ignored, prefill included), for each batch size of CURVE_ROWS (median of
    REPEATS): what this machine does at best, so the workflow figures read as a fraction of
@@ -50,6 +53,7 @@ REPEATS = 1 if QUICK else 3
 TARGET = 8.0  # batched vs sequential speed-up the backend must reach (full size)
 WORKFLOWS = ["self_refine", "cot_sc"]
 RUNS = 8 if QUICK else 16
+STREAM_RUNS = 3 * RUNS
 MAX_TOKENS = 24 if QUICK else 96
 CEILING_ROWS = 64
 CURVE_ROWS = (1, 8, RUNS, CEILING_ROWS)
@@ -151,19 +155,24 @@ def bench_calls(console: Console, base: LocalLLM) -> None:
 
 
 async def run_workflows(
-    llm: LocalLLM, source: str, problems: list, dataset, params: SamplingParams
+    llm: LocalLLM, source: str, problems: list, dataset, params: SamplingParams, at_once: int
 ) -> tuple[float, list[Record]]:
+    """A run of `source` per problem, at most `at_once` running."""
+    slots = asyncio.Semaphore(at_once)
+
+    async def run(problem) -> Record:
+        async with slots:
+            return await execute(source, problem, dataset, llm, params, timeout_s=3600)
+
     start = time.perf_counter()
-    records = await asyncio.gather(
-        *(execute(source, p, dataset, llm, params, timeout_s=3600) for p in problems)
-    )
+    records = await asyncio.gather(*(run(p) for p in problems))
     return time.perf_counter() - start, list(records)
 
 
 def measure(llm: LocalLLM, source: str, problems: list, dataset, params) -> dict:
-    """One arm: RUNS concurrent runs of `source` on `llm`; what it did, from its metrics."""
+    """One arm: runs of `source` on `llm`, RUNS at a time; what it did, from its metrics."""
     steps, rows, calls = llm.decode_steps, llm.decoded_rows, len(llm.latencies)
-    seconds, records = asyncio.run(run_workflows(llm, source, problems, dataset, params))
+    seconds, records = asyncio.run(run_workflows(llm, source, problems, dataset, params, RUNS))
     assert not [r for r in records if r.error == "timeout"], "a run timed out"
     tokens = sum(r.ledger.get("completion_tokens", 0) for r in records)
     latencies = list(llm.latencies)[calls:]
@@ -182,18 +191,26 @@ def measure(llm: LocalLLM, source: str, problems: list, dataset, params) -> dict
     }
 
 
-def bench_workflows(console: Console, base: LocalLLM) -> dict[str, float]:
-    """Static vs continuous on workflow-shaped load; the best tokens/s seen (for the ceiling)."""
+def bench_workflows(
+    console: Console, base: LocalLLM, runs: int = RUNS, workflows: list[str] = WORKFLOWS
+) -> dict[str, float]:
+    """Static vs continuous on workflow-shaped load (`runs` runs, RUNS at a time); the
+    tokens/s of each (for the ceiling)."""
     arms = {
         "static": sibling(base, "static", batching="static"),
         "continuous": sibling(base, "continuous", batching="continuous"),
     }
-    dataset = load_dataset(OmegaConf.structured(DatasetConfig(num_problems=RUNS * 5)))
-    problems = dataset.problems("test")[:RUNS]
+    dataset = load_dataset(OmegaConf.structured(DatasetConfig(num_problems=runs * 5)))
+    problems = dataset.problems("test")[:runs]
     params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=MAX_TOKENS, seed=0)
+    shape = (
+        f"2. workflows: {runs} concurrent runs"
+        if runs == RUNS
+        else f"2b. a stream: {runs} runs, {RUNS} at a time"
+    )
     table = Table(
-        title=f"2. workflows: {len(problems)} concurrent runs, {MAX_TOKENS} tokens per call "
-        f"at most, max_batch_size {base.max_batch_size}, median of {REPEATS}"
+        title=f"{shape}, {MAX_TOKENS} tokens per call at most, max_batch_size "
+        f"{base.max_batch_size}, median of {REPEATS}"
     )
     for column in (
         "workflow",
@@ -209,7 +226,7 @@ def bench_workflows(console: Console, base: LocalLLM) -> dict[str, float]:
     for llm in arms.values():  # warm-up: the first batches of a process run slow
         measure(llm, load_baseline("io"), problems[:4], dataset, params)
     best: dict[str, float] = {}
-    for name in WORKFLOWS:
+    for name in workflows:
         source = load_baseline(name)
         results: dict[str, list[dict]] = {arm: [] for arm in arms}
         for repeat in range(REPEATS):
@@ -224,7 +241,7 @@ def bench_workflows(console: Console, base: LocalLLM) -> dict[str, float]:
         for arm in arms:
             runs = results[arm]
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "answers"}
-            best[f"{name} {arm}"] = med["tokens_per_s"]
+            best[f"{name}{'' if runs == RUNS else ' stream'} {arm}"] = med["tokens_per_s"]
             table.add_row(
                 name,
                 arm,
@@ -299,6 +316,7 @@ def main() -> None:
     )
     bench_calls(console, base)
     seen = bench_workflows(console, base)
+    seen |= bench_workflows(console, base, STREAM_RUNS, ["self_refine"])
     bench_ceiling(console, base, seen)
     load_after = os.getloadavg()[0]
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
